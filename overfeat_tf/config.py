@@ -48,6 +48,8 @@ class ModelConfig:
         fc6_filters, fc7_filters: widths of the classifier's hidden layers.
         num_classes: width of fc8.
         dropout: dropout rate after fc6 and fc7 (paper §3.1: 0.5).
+        regressor_filters: widths of the box regressor's hidden layers (paper §4.2:
+            4096 over an fc6-sized window, then 1024).
     """
 
     name: str
@@ -57,6 +59,7 @@ class ModelConfig:
     fc7_filters: int
     num_classes: int = 1000
     dropout: float = 0.5
+    regressor_filters: tuple[int, int] = (4096, 1024)
 
     def __post_init__(self) -> None:
         if not self.convs:
@@ -142,6 +145,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         d["convs"] = tuple(ConvSpec(**c) for c in d["convs"])
+        d["regressor_filters"] = tuple(d.get("regressor_filters", (4096, 1024)))
         return cls(**d)
 
 
@@ -190,6 +194,7 @@ TINY = ModelConfig(
     fc6_filters=128,
     fc7_filters=128,
     num_classes=10,
+    regressor_filters=(128, 64),
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (FAST, ACCURATE, TINY)}

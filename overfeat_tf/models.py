@@ -1,0 +1,262 @@
+"""The OverFeat network as a Keras functional model: trunk -> dense offset pooling -> heads.
+
+    image [B, H, W, 3] raw RGB 0..255
+      -> normalize ((x - 118.380948) / 61.896913, inside the model)
+      -> trunk conv1..conv5 (fast, tiny) / conv1..conv6 (accurate), pools between them
+      -> unpooled last map [B, Hu, Wu, 1024]
+      -> DenseOffsetPooling (k*k offsets into the batch: fine; offset 0: coarse)
+      -> classifier fc6 (KxK conv) -> fc7 (1x1) -> fc8 (1x1)     (dropout 0.5 after fc6, fc7)
+      -> [regressor reg_fc1 (KxK) -> reg_fc2 (1x1) -> reg_out (1x1)]   (paper §4.2)
+      -> OffsetInterleave -> class_logits [B, H', W', C] (and box_deltas [B, H', W', 4|4C])
+
+`OverFeat` is the spatial model (any image size). `OverFeat.crop_model()` is the training
+model (a fixed crop -> logits `[B, C]`); both call the same layer objects, so they share
+weights. Layer names follow the paper (`conv1`..`conv6`, `fc6`..`fc8`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ConvSpec, ModelConfig, get_config
+from overfeat_tf.layers import STRIDES, DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+
+REGRESSORS = (None, "class_agnostic", "class_specific")
+# Paper §3.1: weights initialised from N(0, 1e-2).
+PAPER_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.01}}
+
+
+def _same_padding(spec: ConvSpec) -> bool:
+    """Whether the spec's zero padding is Keras' "same" (3x3 pad 1 stride 1)."""
+    return spec.stride == 1 and spec.padding > 0 and 2 * spec.padding == spec.kernel - 1
+
+
+def _make_layers(
+    config: ModelConfig,
+    regressor: str | None,
+    initializer: str | dict,
+    dtype: Any,
+) -> dict[str, keras.layers.Layer]:
+    """Create every weighted layer once, keyed by its paper name."""
+    common = {"kernel_initializer": initializer, "dtype": dtype}
+    layers: dict[str, keras.layers.Layer] = {
+        "normalize": keras.layers.Rescaling(
+            1.0 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="normalize", dtype=dtype
+        )
+    }
+    last = len(config.convs)
+    for i, spec in enumerate(config.convs, start=1):
+        same = _same_padding(spec)
+        if spec.padding and not same:
+            layers[f"pad{i}"] = keras.layers.ZeroPadding2D(spec.padding, name=f"pad{i}")
+        layers[f"conv{i}"] = keras.layers.Conv2D(
+            spec.filters,
+            spec.kernel,
+            strides=spec.stride,
+            padding="same" if same else "valid",
+            activation="relu",
+            name=f"conv{i}",
+            **common,
+        )
+        if spec.pool and i < last:
+            layers[f"pool{i}"] = keras.layers.MaxPooling2D(spec.pool, name=f"pool{i}", dtype=dtype)
+    window = config.fc6_window
+    layers["fc6"] = MatmulConv2D(
+        config.fc6_filters, window, activation="relu", name="fc6", **common
+    )
+    layers["fc6_dropout"] = keras.layers.Dropout(config.dropout, name="fc6_dropout")
+    layers["fc7"] = MatmulConv2D(config.fc7_filters, 1, activation="relu", name="fc7", **common)
+    layers["fc7_dropout"] = keras.layers.Dropout(config.dropout, name="fc7_dropout")
+    layers["fc8"] = MatmulConv2D(config.num_classes, 1, name="fc8", **common)
+    if regressor is not None:
+        r1, r2 = config.regressor_filters
+        outputs = 4 * config.num_classes if regressor == "class_specific" else 4
+        layers["reg_fc1"] = MatmulConv2D(r1, window, activation="relu", name="reg_fc1", **common)
+        layers["reg_fc2"] = MatmulConv2D(r2, 1, activation="relu", name="reg_fc2", **common)
+        layers["reg_out"] = MatmulConv2D(outputs, 1, name="reg_out", **common)
+    return layers
+
+
+def apply_trunk(get: Callable[[str], keras.layers.Layer], image: Any, config: ModelConfig) -> Any:
+    """image [B, H, W, 3] raw pixels -> unpooled last conv map [B, Hu, Wu, C5]."""
+    x = get("normalize")(image)
+    for i, spec in enumerate(config.convs, start=1):
+        if spec.padding and not _same_padding(spec):
+            x = get(f"pad{i}")(x)
+        x = get(f"conv{i}")(x)
+        if spec.pool and i < len(config.convs):
+            x = get(f"pool{i}")(x)
+    return x
+
+
+def _classifier(get: Callable[[str], keras.layers.Layer], pooled: Any) -> Any:
+    x = get("fc6_dropout")(get("fc6")(pooled))
+    x = get("fc7_dropout")(get("fc7")(x))
+    return get("fc8")(x)
+
+
+def _regressor(get: Callable[[str], keras.layers.Layer], pooled: Any) -> Any:
+    return get("reg_out")(get("reg_fc2")(get("reg_fc1")(pooled)))
+
+
+def _spatial_outputs(
+    get: Callable[[str], keras.layers.Layer],
+    image: Any,
+    config: ModelConfig,
+    stride: str,
+    regressor: str | None,
+) -> dict[str, Any]:
+    """The spatial graph: image -> {"class_logits": [B,H',W',C], "box_deltas": [...]}."""
+    unpooled = apply_trunk(get, image, config)
+    k = config.pool_size
+    pooled = DenseOffsetPooling(k, stride, window=config.fc6_window, name=f"offset_pool_{stride}")(
+        unpooled
+    )
+    interleave = OffsetInterleave(k, stride, name=f"interleave_{stride}")
+    logits = interleave([_classifier(get, pooled), unpooled])
+    outputs = {
+        "class_logits": keras.layers.Activation("linear", dtype="float32", name="class_logits")(
+            logits
+        )
+    }
+    if regressor is not None:
+        deltas = OffsetInterleave(k, stride, name=f"box_interleave_{stride}")(
+            [_regressor(get, pooled), unpooled]
+        )
+        outputs["box_deltas"] = keras.layers.Activation(
+            "linear", dtype="float32", name="box_deltas"
+        )(deltas)
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="overfeat_tf")
+class OverFeat(keras.Model):
+    """The OverFeat network, applied densely to images of any size.
+
+    Paper: Sermanet et al., "OverFeat: Integrated Recognition, Localization and Detection
+    using Convolutional Networks", ICLR 2014 (Tables 1 and 3; §3.3 offset pooling; §4.2
+    regressor).
+
+    Input: `image` `[B, H, W, 3]`, RGB 0..255 (normalization happens inside the model).
+    Output: a dict with `class_logits` `[B, H', W', C]` and, with a regressor, `box_deltas`
+    `[B, H', W', 4]` (class-agnostic) or `[B, H', W', 4*C]` (class-specific, class c's box
+    at `[..., 4c:4c+4]`), each box in the frame of its cell's window (see `boxes.py`).
+    With Hu the side of the unpooled last conv map, k the last pool and K the fc6 window:
+    fine: `H' = Hu - k*K + 1` (stride `config.fine_stride` px); coarse: `H' = Hu//k - K + 1`
+    (stride `config.coarse_stride` px). At the training crop size both are 1.
+
+    Args:
+        architecture: "fast", "accurate", "tiny", a `ModelConfig` or its dict form.
+        num_classes: fc8 width; defaults to `len(class_names)` or the architecture's.
+        class_names: optional names of the classes, saved with the model.
+        stride: "fine" (all k*k pooling offsets) or "coarse" (offset 0).
+        regressor: None, "class_agnostic" or "class_specific" box regressor head.
+        kernel_initializer: Keras initializer for every conv; the paper's N(0, 1e-2) by
+            default.
+        dtype: Keras dtype policy for every layer, e.g. "mixed_bfloat16" (outputs stay
+            float32).
+    """
+
+    def __init__(
+        self,
+        architecture: str | ModelConfig | dict = "fast",
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        stride: str = "fine",
+        regressor: str | None = None,
+        kernel_initializer: str | dict = PAPER_INITIALIZER,
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        config = get_config(architecture)
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if num_classes is not None and num_classes != len(class_names):
+                raise ValueError(
+                    f"num_classes={num_classes} but {len(class_names)} class_names were given; "
+                    "pass one name per class."
+                )
+            num_classes = len(class_names)
+        if num_classes is not None:
+            config = config.replace(num_classes=int(num_classes))
+        if stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+        if regressor not in REGRESSORS:
+            raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}.")
+        layers = _make_layers(config, regressor, kernel_initializer, dtype)
+        image = keras.Input(shape=(None, None, 3), name="image")
+        outputs = _spatial_outputs(layers.__getitem__, image, config, stride, regressor)
+        kwargs.setdefault("name", f"overfeat_{config.name}")
+        super().__init__(inputs=image, outputs=outputs, **kwargs)
+        self.config = config
+        self.class_names = class_names
+        self.stride = stride
+        self.regressor = regressor
+        self.kernel_initializer = kernel_initializer
+        self.layer_dtype = dtype
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "architecture": self.config.to_dict(),
+            "num_classes": self.config.num_classes,
+            "class_names": self.class_names,
+            "stride": self.stride,
+            "regressor": self.regressor,
+            "kernel_initializer": self.kernel_initializer,
+            "dtype": self.layer_dtype,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OverFeat:
+        return cls(**config)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def spatial_model(self, stride: str | None = None) -> keras.Model:
+        """This network at another stride ("fine"/"coarse"), sharing every weight."""
+        stride = stride or self.stride
+        if stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+        if stride == self.stride:
+            return self
+        image = keras.Input(shape=(None, None, 3), name="image")
+        outputs = _spatial_outputs(self.get_layer, image, self.config, stride, self.regressor)
+        return keras.Model(image, outputs, name=f"{self.name}_{stride}")
+
+    def crop_model(self, crop_size: int | None = None) -> keras.Model:
+        """The training model: `[B, S, S, 3]` crops -> class logits `[B, C]`.
+
+        S defaults to the architecture's training crop (231 fast, 221 accurate). Shares
+        every weight with this model; the last pool is the plain (offset 0) pool.
+        """
+        size = crop_size or self.config.crop_size
+        if self.config.output_size(size, "coarse") != 1:
+            raise ValueError(
+                f"crop_size {size} does not give a 1x1 output for {self.config.name!r}; "
+                f"use {self.config.crop_size}."
+            )
+        image = keras.Input(shape=(size, size, 3), name="image")
+        unpooled = apply_trunk(self.get_layer, image, self.config)
+        k = self.config.pool_size
+        pooled = keras.layers.MaxPooling2D(k, name=f"pool{len(self.config.convs)}")(unpooled)
+        logits = keras.layers.Reshape((self.num_classes,))(_classifier(self.get_layer, pooled))
+        logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        return keras.Model(image, logits, name=f"{self.name}_crop")
+
+
+def build_model(architecture: str | ModelConfig = "fast", **kwargs: Any) -> OverFeat:
+    """Shorthand for `OverFeat(architecture, **kwargs)`."""
+    return OverFeat(architecture, **kwargs)
+
+
+def class_probabilities(logits: tf.Tensor) -> tf.Tensor:
+    """Softmax over the last axis of class logits (maps or vectors), in float32."""
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

@@ -38,6 +38,7 @@ def _same_padding(spec: ConvSpec) -> bool:
 def _make_layers(
     config: ModelConfig,
     regressor: str | None,
+    background: bool,
     initializer: str | dict,
     dtype: Any,
 ) -> dict[str, keras.layers.Layer]:
@@ -71,7 +72,8 @@ def _make_layers(
     layers["fc6_dropout"] = keras.layers.Dropout(config.dropout, name="fc6_dropout")
     layers["fc7"] = MatmulConv2D(config.fc7_filters, 1, activation="relu", name="fc7", **common)
     layers["fc7_dropout"] = keras.layers.Dropout(config.dropout, name="fc7_dropout")
-    layers["fc8"] = MatmulConv2D(config.num_classes, 1, name="fc8", **common)
+    outputs = config.num_classes + int(background)
+    layers["fc8"] = MatmulConv2D(outputs, 1, name="fc8", **common)
     if regressor is not None:
         r1, r2 = config.regressor_filters
         outputs = 4 * config.num_classes if regressor == "class_specific" else 4
@@ -142,7 +144,8 @@ class OverFeat(keras.Model):
     regressor).
 
     Input: `image` `[B, H, W, 3]`, RGB 0..255 (normalization happens inside the model).
-    Output: a dict with `class_logits` `[B, H', W', C]` and, with a regressor, `box_deltas`
+    Output: a dict with `class_logits` `[B, H', W', C]` (`C + 1` with `background=True`, the
+    background logit last) and, with a regressor, `box_deltas`
     `[B, H', W', 4]` (class-agnostic) or `[B, H', W', 4*C]` (class-specific, class c's box
     at `[..., 4c:4c+4]`), each box in the frame of its cell's window (see `boxes.py`).
     With Hu the side of the unpooled last conv map, k the last pool and K the fc6 window:
@@ -155,6 +158,8 @@ class OverFeat(keras.Model):
         class_names: optional names of the classes, saved with the model.
         stride: "fine" (all k*k pooling offsets) or "coarse" (offset 0).
         regressor: None, "class_agnostic" or "class_specific" box regressor head.
+        background: add a background class to fc8 (the detection model, paper §5): its
+            logit comes last, after the `num_classes` object classes.
         kernel_initializer: Keras initializer for every conv; the paper's N(0, 1e-2) by
             default.
         dtype: Keras dtype policy for every layer, e.g. "mixed_bfloat16" (outputs stay
@@ -168,6 +173,7 @@ class OverFeat(keras.Model):
         class_names: list[str] | None = None,
         stride: str = "fine",
         regressor: str | None = None,
+        background: bool = False,
         kernel_initializer: str | dict = PAPER_INITIALIZER,
         dtype: Any = None,
         **kwargs: Any,
@@ -187,7 +193,7 @@ class OverFeat(keras.Model):
             raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
         if regressor not in REGRESSORS:
             raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}.")
-        layers = _make_layers(config, regressor, kernel_initializer, dtype)
+        layers = _make_layers(config, regressor, bool(background), kernel_initializer, dtype)
         image = keras.Input(shape=(None, None, 3), name="image")
         outputs = _spatial_outputs(layers.__getitem__, image, config, stride, regressor)
         kwargs.setdefault("name", f"overfeat_{config.name}")
@@ -196,6 +202,7 @@ class OverFeat(keras.Model):
         self.class_names = class_names
         self.stride = stride
         self.regressor = regressor
+        self.background = bool(background)
         self.kernel_initializer = kernel_initializer
         self.layer_dtype = dtype
 
@@ -208,6 +215,7 @@ class OverFeat(keras.Model):
             "class_names": self.class_names,
             "stride": self.stride,
             "regressor": self.regressor,
+            "background": self.background,
             "kernel_initializer": self.kernel_initializer,
             "dtype": self.layer_dtype,
         }
@@ -247,7 +255,8 @@ class OverFeat(keras.Model):
         unpooled = apply_trunk(self.get_layer, image, self.config)
         k = self.config.pool_size
         pooled = keras.layers.MaxPooling2D(k, name=f"pool{len(self.config.convs)}")(unpooled)
-        logits = keras.layers.Reshape((self.num_classes,))(_classifier(self.get_layer, pooled))
+        width = self.num_classes + int(self.background)
+        logits = keras.layers.Reshape((width,))(_classifier(self.get_layer, pooled))
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         return keras.Model(image, logits, name=f"{self.name}_crop")
 

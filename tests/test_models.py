@@ -169,6 +169,14 @@ def test_spatial_model_any_size_and_batch(batch, rng):
         assert out["box_deltas"].shape == (*shape, 4 * TINY.num_classes)
 
 
+def test_background_class_comes_last(rng):
+    model = _he(TINY, background=True)
+    x = rng.uniform(0, 255, size=(1, 231, 231, 3)).astype("float32")
+    assert model(x)["class_logits"].shape == (1, 1, 1, TINY.num_classes + 1)
+    assert model.crop_model()(x).shape == (1, TINY.num_classes + 1)
+    assert model.num_classes == TINY.num_classes
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown model"):
         OverFeat("huge")
@@ -187,6 +195,7 @@ def test_get_config_round_trip():
         "class_names": ["cat", "dog", "kit fox"],
         "stride": "coarse",
         "regressor": "class_agnostic",
+        "background": True,
         "kernel_initializer": "he_normal",
         "dtype": "mixed_bfloat16",
         "name": "my_overfeat",

@@ -1,0 +1,448 @@
+"""Feature extraction at any layer of an OverFeat model (like OverFeat's `-L n` and `-f`).
+
+Layers are named after the paper, or numbered like the modules of the original OverFeat
+library (`overfeat -L n`, `overfeat.get_output(n)`), which counts every zero padding,
+convolution, ReLU and max-pool as its own layer, from 0:
+
+    n   fast / tiny          accurate
+    0   conv1_linear         conv1_linear     conv1 before its ReLU
+    1   conv1                conv1            conv1 after its ReLU (the Keras layer's output)
+    2   pool1                pool1
+    3   conv2_linear         conv2_linear
+    4   conv2                conv2
+    5   pool2                pool2
+    6   pad3                 pad3             conv3's input, zero padded by 1
+    7   conv3_linear         conv3_linear
+    8   conv3                conv3
+    9   pad4                 pad4
+    10  conv4_linear         conv4_linear
+    11  conv4                conv4
+    12  pad5                 pad5
+    13  conv5_linear         conv5_linear
+    14  conv5                conv5
+    15  pool5                pad6
+    16  fc6_linear           conv6_linear
+    17  fc6                  conv6
+    18  fc7_linear           pool6
+    19  fc7                  fc6_linear
+    20  fc8                  fc6
+    21                       fc7_linear
+    22                       fc7
+    23                       fc8              the class scores (logits)
+
+`layer_names(config)` gives this list for any configuration. OverFeat's own `overfeat -f`
+(release 3.x script) prints layer 19 (fast) / 22 (accurate): `fc7`, 4096 features per
+window.
+
+Dense features are the spatial map `[H', W', C]` of the layer. For the last pool and the
+classifier layers (fc6..fc8) `stride="coarse"` pools at offset 0 only, as OverFeat's own
+feature extractor does (one fc window every 32 px fast / 36 px accurate), and
+`stride="fine"` pools at every offset (paper §3.3: every 16 / 12 px, the detection map).
+Pooled features are the spatial max of the dense map: one vector `[C]` per image, the same
+reduction the paper uses for classification (§3.3, spatial max per class).
+
+Command line (one `.npy` per image, named after the image file: `cat.jpg` -> `cat.jpg.npy`):
+
+    python -m overfeat_tf.features --model fast-imagenet.keras --layer fc7 \\
+        --images photos/ --output features/ [--pooled] [--size 231] [--stride coarse]
+
+Images (JPEG, PNG, GIF, BMP; any size) are decoded as RGB with `tf.io.decode_image` and
+resized so that their short side is `--size` pixels, keeping the aspect ratio (bilinear with
+antialiasing); the default is the net's crop size (231 fast, 221 accurate), so the classifier
+layers see at least one window. `--size 0` keeps the original size (OverFeat's `-f`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from overfeat_tf.config import ModelConfig, get_config
+from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+_CLASSIFIER = ("fc6_linear", "fc6", "fc7_linear", "fc7", "fc8")
+
+
+def layer_names(config: str | ModelConfig) -> list[str]:
+    """The feature layers in OverFeat's module order: `layer_names(c)[n]` is `-L n`."""
+    config = get_config(config)
+    names: list[str] = []
+    for i, spec in enumerate(config.convs, start=1):
+        if spec.padding:
+            names.append(f"pad{i}")
+        names += [f"conv{i}_linear", f"conv{i}"]
+        if spec.pool:
+            names.append(f"pool{i}")
+    return names + list(_CLASSIFIER)
+
+
+def resolve_layer(config: str | ModelConfig, layer: str | int) -> str:
+    """A layer's name from its name or its OverFeat number (`-L n`, see the module doc)."""
+    names = layer_names(config)
+    if isinstance(layer, str) and layer.strip().isdigit():
+        layer = int(layer)
+    if isinstance(layer, int | np.integer) and not isinstance(layer, bool):
+        if 0 <= layer < len(names):
+            return names[layer]
+        raise ValueError(
+            f"Layer number {layer} is out of range: the {get_config(config).name!r} net has "
+            f"layers 0..{len(names) - 1} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})."
+        )
+    if layer in names:
+        return layer
+    raise ValueError(
+        f"Unknown layer {layer!r}: expected one of {names} or a number 0..{len(names) - 1}."
+    )
+
+
+def _check_stride(stride: str) -> None:
+    if stride not in STRIDES:
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+
+
+def feature_size(
+    config: str | ModelConfig, layer: str | int, side: int, stride: str = "coarse"
+) -> int:
+    """Side of a layer's feature map for an input side in pixels (0 if the input is too small)."""
+    config = get_config(config)
+    target = resolve_layer(config, layer)
+    _check_stride(stride)
+    last = len(config.convs)
+    for i, spec in enumerate(config.convs, start=1):
+        side += 2 * spec.padding
+        if target == f"pad{i}":
+            return side
+        side = (side - spec.kernel) // spec.stride + 1 if side >= spec.kernel else 0
+        if side < 1 or target in (f"conv{i}_linear", f"conv{i}"):
+            return max(side, 0)
+        if spec.pool:
+            fine = i == last and stride == "fine"
+            side = side - spec.pool + 1 if fine else side // spec.pool
+            if side < 1 or target == f"pool{i}":
+                return max(side, 0)
+    window = config.fc6_window
+    dilation = config.pool_size if stride == "fine" else 1
+    return max(side - dilation * (window - 1), 0)
+
+
+def min_input_size(config: str | ModelConfig, layer: str | int, stride: str = "coarse") -> int:
+    """The smallest input side (pixels) that gives a layer a non-empty feature map."""
+    side = 1
+    while feature_size(config, layer, side, stride) < 1:
+        side += 1
+    return side
+
+
+class _Linear(keras.layers.Layer):
+    """A convolution layer's output before its activation, with the layer's own weights.
+
+    OverFeat numbers a convolution and its ReLU as two layers; Keras fuses them, so this
+    re-applies the shared kernel and bias without the activation.
+    """
+
+    def __init__(self, conv: keras.layers.Conv2D, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conv = conv
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        kernel = keras.ops.cast(self.conv.kernel, x.dtype)
+        y = self.conv.convolution_op(x, kernel)
+        if self.conv.use_bias:
+            y = y + keras.ops.cast(self.conv.bias, x.dtype)
+        return y
+
+
+def _check_model(model: Any) -> ModelConfig:
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise ValueError(
+            f"Expected an OverFeat model (overfeat_tf.OverFeat), got {type(model).__name__}."
+        )
+    return config
+
+
+def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") -> keras.Model:
+    """A Keras model: raw RGB images `[B, H, W, 3]` (0..255) -> the layer's map `[B, H', W', C]`.
+
+    Args:
+        model: an `OverFeat` model (e.g. converted from the released weights); the feature
+            model shares its weights.
+        layer: a name from `layer_names(model.config)` ("conv5", "pool5", "fc7", ...) or
+            OverFeat's layer number (`-L n`; see the module docstring).
+        stride: for the last pool and fc6..fc8: "coarse" (offset 0, OverFeat's own
+            extractor) or "fine" (every offset, interleaved: paper §3.3). Earlier layers do
+            not depend on it.
+
+    `H', W'` for an input side are given by `feature_size`. Dropout is not applied.
+    """
+    config = _check_model(model)
+    target = resolve_layer(config, layer)
+    _check_stride(stride)
+    existing = {sub.name for sub in model.layers}
+    image = keras.Input(shape=(None, None, 3), name="image")
+
+    def done(features: Any) -> keras.Model:
+        return keras.Model(image, features, name=f"{model.name}_{target}_{stride}")
+
+    x = model.get_layer("normalize")(image)
+    last = len(config.convs)
+    for i, spec in enumerate(config.convs, start=1):
+        conv = model.get_layer(f"conv{i}")
+        if spec.padding:
+            if target == f"pad{i}":
+                return done(keras.layers.ZeroPadding2D(spec.padding, name=f"pad{i}")(x))
+            if f"pad{i}" in existing:  # the model pads explicitly (not "same")
+                x = model.get_layer(f"pad{i}")(x)
+        if target == f"conv{i}_linear":
+            return done(_Linear(conv, name=target)(x))
+        x = conv(x)
+        if target == f"conv{i}":
+            return done(x)
+        if spec.pool and i < last:
+            x = model.get_layer(f"pool{i}")(x)
+            if target == f"pool{i}":
+                return done(x)
+    k, unpooled = config.pool_size, x
+    if stride == "coarse":
+        x = keras.layers.MaxPooling2D(k, name=f"pool{last}")(unpooled)
+
+        def finish(y: Any) -> Any:
+            return y
+    else:
+        window = None if target == f"pool{last}" else config.fc6_window
+        x = DenseOffsetPooling(k, "fine", window=window, name=f"pool{last}_offsets")(unpooled)
+
+        def finish(y: Any) -> Any:
+            return OffsetInterleave(k, "fine", name=f"{target}_interleave")([y, unpooled])
+
+    if target == f"pool{last}":
+        return done(finish(x))
+    for name in ("fc6", "fc7", "fc8"):
+        fc = model.get_layer(name)
+        if target == f"{name}_linear":
+            return done(finish(_Linear(fc, name=target)(x)))
+        x = fc(x)
+        if target == name:
+            return done(finish(x))
+    raise ValueError(f"Layer {target!r} not found in {model.name}.")  # unreachable
+
+
+def _as_images(images: Any) -> tuple[list[np.ndarray] | np.ndarray, str]:
+    """Images as a 4-D batch ("batch"), one 3-D image ("single") or a list ("list")."""
+    if isinstance(images, list | tuple):
+        return [np.asarray(im, dtype=np.float32) for im in images], "list"
+    array = np.asarray(images, dtype=np.float32)
+    if array.ndim == 3:
+        return array[None], "single"
+    if array.ndim == 4:
+        return array, "batch"
+    raise ValueError(
+        f"images must be [B, H, W, 3], [H, W, 3] or a list of [H, W, 3]; got shape {array.shape}."
+    )
+
+
+def _check_size(config: ModelConfig, target: str, stride: str, shape: Sequence[int]) -> None:
+    h, w = int(shape[-3]), int(shape[-2])
+    if int(shape[-1]) != 3:
+        raise ValueError(f"Images must be RGB [..., H, W, 3]; got shape {tuple(shape)}.")
+    need = min_input_size(config, target, stride)
+    if min(h, w) < need:
+        raise ValueError(
+            f"Image of {h}x{w} pixels is too small for layer {target} of the "
+            f"{config.name!r} net (stride {stride}): its sides must be at least {need} pixels."
+        )
+
+
+def extract_features(
+    model: keras.Model,
+    images: Any,
+    layer: str | int,
+    pooled: bool = False,
+    stride: str = "coarse",
+    batch_size: int = 16,
+) -> np.ndarray | list[np.ndarray]:
+    """Features of images at one layer, as NumPy float32.
+
+    Args:
+        model: an `OverFeat` model.
+        images: raw RGB pixels 0..255: a batch `[B, H, W, 3]`, one image `[H, W, 3]`, or a
+            list of images of any sizes.
+        layer: a layer name or OverFeat number (see `layer_names`).
+        pooled: False: the dense spatial map `[H', W', C]` per image; True: its spatial max
+            `[C]` (one vector per image, whatever the image size).
+        stride: "coarse" or "fine" for the last pool and fc6..fc8 (see `feature_model`).
+        batch_size: images per forward pass for a 4-D batch.
+
+    Returns:
+        `[B, H', W', C]` / `[B, C]` for a batch, `[H', W', C]` / `[C]` for one image, and a
+        list of those for a list.
+    """
+    config = _check_model(model)
+    target = resolve_layer(config, layer)
+    batch, kind = _as_images(images)
+    for image in batch:
+        _check_size(config, target, stride, image.shape)
+    extractor = feature_model(model, target, stride)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = extractor(tf.convert_to_tensor(x), training=False)
+        out = keras.ops.convert_to_numpy(out).astype(np.float32)
+        return out.max(axis=(1, 2)) if pooled else out
+
+    if kind == "list":
+        return [run(image[None])[0] for image in batch]
+    out = np.concatenate([run(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)])
+    return out[0] if kind == "single" else out
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> tf.Tensor:
+    """An image file as RGB uint8 `[H, W, 3]` (`tf.io.decode_image`; GIF: first frame)."""
+    contents = tf.io.read_file(os.fspath(path))
+    return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
+def resize_short_side(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Resize `[H, W, 3]` so its short side is `size` px, keeping the aspect ratio.
+
+    Bilinear with antialiasing; returns float32 pixels 0..255. `size=0` only casts.
+    """
+    image = tf.cast(image, tf.float32)
+    if size <= 0:
+        return image
+    h, w = int(image.shape[0]), int(image.shape[1])
+    scale = size / min(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if new == (h, w):
+        return image
+    return tf.image.resize(image, new, method="bilinear", antialias=True)
+
+
+def _list_images(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Image directory {directory} not found.")
+    files = sorted(
+        name
+        for name in os.listdir(directory)
+        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, name))
+    )
+    if not files:
+        raise ValueError(
+            f"No images in {directory}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    return files
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """np.save through a temporary file + os.replace (no half-written .npy)."""
+    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _short_message(error: Exception) -> str:
+    """One line of an error, without TF's `{{function_node ...}}` / `[Op:...]` decorations."""
+    message = getattr(error, "message", None) or str(error)
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip())
+    message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message.splitlines()[0] if message else "")
+    return message or type(error).__name__
+
+
+def _load_model(path: str) -> keras.Model:
+    import overfeat_tf  # noqa: F401  (registers the custom classes)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file {path} not found.")
+    model = keras.models.load_model(path)
+    _check_model(model)
+    return model
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m overfeat_tf.features",
+        description="Write the features of every image in a folder to one .npy per image.",
+    )
+    parser.add_argument("--model", required=True, help="an OverFeat .keras model")
+    parser.add_argument(
+        "--layer",
+        required=True,
+        help="layer name (conv5, pool5, fc7, ...) or OverFeat's layer number as in its -L "
+        "(19 = fc7 fast, 22 = fc7 accurate; see `pydoc overfeat_tf.features`)",
+    )
+    parser.add_argument("--images", required=True, help="folder of JPEG/PNG/GIF/BMP images")
+    parser.add_argument("--output", required=True, help="folder for the .npy files")
+    parser.add_argument(
+        "--pooled", action="store_true", help="spatial max: one [C] vector per image"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize the short side to this many pixels (default: the net's crop size; 0: "
+        "keep the original size)",
+    )
+    parser.add_argument(
+        "--stride",
+        choices=STRIDES,
+        default="coarse",
+        help="last pool and fc6..fc8: coarse (offset 0, like OverFeat -f; default) or fine "
+        "(every offset, paper §3.3)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (1 if any image failed)."""
+    args = _parser().parse_args(argv)
+    try:
+        model = _load_model(args.model)
+        config = model.config
+        target = resolve_layer(config, args.layer)
+        files = _list_images(args.images)
+        os.makedirs(args.output, exist_ok=True)
+        extractor = feature_model(model, target, args.stride)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size = config.crop_size if args.size is None else args.size
+    failed = 0
+    for name in files:
+        try:
+            image = resize_short_side(read_image(os.path.join(args.images, name)), size)
+            _check_size(config, target, args.stride, image.shape)
+            features = keras.ops.convert_to_numpy(extractor(image[None], training=False))[0]
+            features = features.max(axis=(0, 1)) if args.pooled else features
+            _save_npy(os.path.join(args.output, name + ".npy"), features.astype(np.float32))
+        except (tf.errors.InvalidArgumentError, ValueError, OSError) as error:
+            print(f"error: {name}: {_short_message(error)}", file=sys.stderr)
+            failed += 1
+    form = "[C] pooled" if args.pooled else "[H', W', C] dense"
+    print(
+        f"Wrote {len(files) - failed} of {len(files)} feature files ({target}, {form}) to "
+        f"{args.output}" + (f"; {failed} failed." if failed else ".")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Benchmark of `greedy_merge` on a realistic box set of the accurate net.
+
+One image of the accurate model at the 6 scales of the paper's Table 5 x 2 flips, fine stride:
+every output cell predicts one box per class in the top-k of its scale, so
+n = top_k * 2 * sum over scales of out_h * out_w boxes (3150 for top-k = 1). Boxes are
+clustered around a few objects (the windows that see >= 50% of an object predict its box with
+regressor noise, confidence high) and scattered elsewhere (the other windows predict a random
+box inside their field of view with a low confidence).
+
+    python benchmarks/bench_merge.py                # timing, JSON on stdout
+    python benchmarks/bench_merge.py --top-k 5      # 5 classes per scale (5x the boxes)
+    python benchmarks/bench_merge.py --sweep        # how MERGE_THRESHOLD was chosen
+
+`time_merge(...)` can be imported to put the merge time next to the forward-pass time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf
+
+from overfeat_tf import boxes as box_ops
+from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, ModelConfig
+from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, greedy_merge
+
+
+def make_box_set(
+    seed: int = 0,
+    config: ModelConfig = ACCURATE,
+    scales: tuple[tuple[int, int], ...] = ACCURATE_SCALES,
+    image_size: tuple[int, int] = (480, 640),
+    num_objects: int = 3,
+    top_k: int = 1,
+    noise: float = 0.08,
+    adjacent: bool = False,
+) -> dict[str, np.ndarray]:
+    """A synthetic multi-scale, 2-flip, fine-stride box set for one image.
+
+    Returns a dict with `boxes` [n, 4] yxyx pixels of the original image, `scores` [n],
+    `classes` [n] int32 and the ground truth `gt_boxes` [num_objects, 4], `gt_classes`.
+    Class 0 is the objects' class; with top_k > 1 the extra classes 1..top_k-1 get the same
+    windows' boxes (their regressors also look at the object) with lower confidences.
+    `noise` is the regressor's error (std, fraction of the object side); `adjacent` places
+    the objects in a row, each overlapping the previous one (IoU ~0.1-0.3), the hard case
+    for merging.
+    """
+    rng = np.random.default_rng(seed)
+    h0, w0 = image_size
+    side = rng.uniform(0.15, 0.6, size=num_objects) * min(h0, w0)  # object sides
+    aspect = rng.uniform(0.7, 1.4, size=num_objects)
+    hs, ws = side * np.sqrt(aspect), side / np.sqrt(aspect)
+    cy = rng.uniform(hs / 2, h0 - hs / 2)
+    cx = rng.uniform(ws / 2, w0 - ws / 2)
+    if adjacent:
+        hs = ws = np.full(num_objects, rng.uniform(0.25, 0.4) * min(h0, w0))
+        cy = np.full(num_objects, h0 / 2) + rng.normal(0, 0.05, num_objects) * hs
+        cx = (
+            w0 / 2
+            + (np.arange(num_objects) - (num_objects - 1) / 2)
+            * rng.uniform(0.5, 0.8, num_objects)
+            * ws
+        )
+    gt = np.stack([cy - hs / 2, cx - ws / 2, cy + hs / 2, cx + ws / 2], axis=1)  # [O, 4]
+
+    all_boxes, all_scores, all_classes = [], [], []
+    for level in scales:
+        out_h = config.output_size(level[0], "fine")
+        out_w = config.output_size(level[1], "fine")
+        win = box_ops.window_boxes(out_h, out_w, config.fine_stride, config.crop_size)
+        win = tf.reshape(win, [-1, 4])
+        for flipped in (False, True):
+            # Windows in original-image pixels.
+            w = box_ops.level_to_original(win, image_size, level, flipped).numpy()  # [c, 4]
+            cover = box_ops.coverage(gt[None, :, :], w[:, None, :]).numpy()  # [c, O]
+            best = cover.argmax(axis=1)
+            sees = cover[np.arange(len(w)), best] >= 0.5
+            gt_sides = np.tile(gt[best, 2:] - gt[best, :2], 2)  # [c, 4]
+            pred_obj = gt[best] + rng.normal(0, noise, size=(len(w), 4)) * gt_sides
+            # False positives: a random box inside the window.
+            wside = w[:, 2:3] - w[:, 0:1]
+            corner = rng.uniform(0, 0.5, size=(len(w), 2)) * wside
+            size = rng.uniform(0.3, 0.5, size=(len(w), 2)) * wside
+            pred_fp = np.concatenate([w[:, :2] + corner, w[:, :2] + corner + size], axis=1)
+            pred = np.where(sees[:, None], pred_obj, pred_fp)
+            conf = np.where(sees, rng.uniform(0.3, 0.9, len(w)), rng.uniform(0.0, 0.15, len(w)))
+            for k in range(top_k):
+                all_boxes.append(pred + rng.normal(0, 0.01, size=pred.shape) * wside * (k > 0))
+                all_scores.append(conf / (1 + 3 * k))
+                all_classes.append(np.full(len(w), k, np.int32))
+    return {
+        "boxes": np.concatenate(all_boxes).astype(np.float32),
+        "scores": np.concatenate(all_scores).astype(np.float32),
+        "classes": np.concatenate(all_classes),
+        "gt_boxes": gt.astype(np.float32),
+        "gt_classes": np.zeros(num_objects, np.int32),
+    }
+
+
+def compiled_merge(max_output: int = DEFAULT_MAX_OUTPUT) -> Any:
+    """`greedy_merge` as a `tf.function` with an unknown number of boxes (traced once)."""
+    return tf.function(
+        lambda b, s, c, t: greedy_merge(b, s, c, t, max_output),
+        input_signature=(
+            tf.TensorSpec([None, 4], tf.float32),
+            tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32),
+        ),
+    )
+
+
+def time_merge(
+    top_k: int = 1,
+    num_objects: int = 3,
+    runs: int = 5,
+    threshold: float = MERGE_THRESHOLD,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Times the compiled `greedy_merge` on one `make_box_set` image (after a warm-up).
+
+    Returns a JSON-able dict: number of boxes, merged boxes, median / min / all run times
+    in ms.
+    """
+    data = make_box_set(seed=seed, num_objects=num_objects, top_k=top_k)
+    merge = compiled_merge(max_output)
+    args = (
+        tf.constant(data["boxes"]),
+        tf.constant(data["scores"]),
+        tf.constant(data["classes"]),
+        tf.constant(threshold, tf.float32),
+    )
+    result = merge(*args)  # warm-up: tracing and first run
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = merge(*args)
+        result.num_merged.numpy()
+        times.append((time.perf_counter() - start) * 1e3)
+    k = int(result.num_merged)
+    return {
+        "model": "accurate",
+        "scales": len(ACCURATE_SCALES),
+        "flips": 2,
+        "stride": "fine",
+        "top_k": top_k,
+        "num_objects": num_objects,
+        "num_boxes": len(data["boxes"]),
+        "num_merged": k,
+        "top_scores": [round(float(s), 3) for s in result.scores[: num_objects + 2]],
+        "threshold": threshold,
+        "merge_ms_median": round(statistics.median(times), 2),
+        "merge_ms_min": round(min(times), 2),
+        "merge_ms_runs": [round(t, 2) for t in times],
+        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+        "cpu_threads": os.cpu_count(),
+    }
+
+
+def sweep_thresholds(
+    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    seeds: int = 6,
+    num_objects: int = 3,
+    noise: float = 0.08,
+    adjacent: bool = False,
+) -> list[dict[str, Any]]:
+    """For each threshold, how often the top `num_objects` merged boxes are exactly the objects.
+
+    Over `seeds` images: `objects_found` = objects matched (IoU >= 0.5) by one of the top
+    `num_objects` merged boxes (a split or wrongly merged object is not); `objects_split` =
+    objects matched by 2+ of them; `mean_iou` of the matches.
+    """
+    merge = compiled_merge()
+    rows = []
+    for t in thresholds:
+        hits = splits = 0
+        ious = []
+        for seed in range(seeds):
+            data = make_box_set(
+                seed=1000 + seed, num_objects=num_objects, noise=noise, adjacent=adjacent
+            )
+            r = merge(
+                tf.constant(data["boxes"]),
+                tf.constant(data["scores"]),
+                tf.constant(data["classes"]),
+                tf.constant(t, tf.float32),
+            )
+            top = r.boxes[:num_objects]
+            iou = box_ops.pairwise_iou(top, data["gt_boxes"]).numpy()  # [top, O]
+            matched = iou >= 0.5
+            hits += int(np.sum(matched.any(axis=0)))
+            splits += int(np.sum(matched.sum(axis=0) >= 2))
+            ious.extend(iou.max(axis=0)[matched.any(axis=0)].tolist())
+        rows.append(
+            {
+                "noise": noise,
+                "adjacent": adjacent,
+                "threshold": t,
+                "objects_found": f"{hits}/{seeds * num_objects}",
+                "objects_split": splits,
+                "mean_iou": round(float(np.mean(ious)) if ious else 0.0, 3),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument("--objects", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=MERGE_THRESHOLD)
+    parser.add_argument("--sweep", action="store_true", help="threshold sweep instead")
+    args = parser.parse_args(argv)
+    if args.sweep:
+        rows = []
+        for noise in (0.08, 0.15):
+            for adjacent in (False, True):
+                rows += sweep_thresholds(num_objects=args.objects, noise=noise, adjacent=adjacent)
+        print(json.dumps(rows, indent=1))
+        return
+    print(json.dumps(time_merge(args.top_k, args.objects, args.runs, args.threshold), indent=2))
+
+
+if __name__ == "__main__":
+    main()

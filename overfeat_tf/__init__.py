@@ -6,6 +6,7 @@ detection as a Keras 3 / TensorFlow package.
 
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
 from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.models import OverFeat, build_model
 
 __version__ = "0.1.0"
@@ -17,9 +18,11 @@ __all__ = [
     "ConvSpec",
     "DenseOffsetPooling",
     "MatmulConv2D",
+    "MinedDetectionLoss",
     "ModelConfig",
     "OffsetInterleave",
     "OverFeat",
+    "WindowBoxLoss",
     "build_model",
     "get_config",
 ]

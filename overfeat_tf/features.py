@@ -67,6 +67,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from overfeat_tf import data
 from overfeat_tf.config import ModelConfig, get_config
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
 
@@ -318,17 +319,12 @@ def read_image(path: str | os.PathLike) -> tf.Tensor:
 def resize_short_side(image: tf.Tensor, size: int) -> tf.Tensor:
     """Resize `[H, W, 3]` so its short side is `size` px, keeping the aspect ratio.
 
-    Bilinear with antialiasing; returns float32 pixels 0..255. `size=0` only casts.
+    `data.rescale_short_side` (bilinear, antialiased when shrinking; graph-safe); returns
+    float32 pixels 0..255. `size=0` only casts.
     """
-    image = tf.cast(image, tf.float32)
     if size <= 0:
-        return image
-    h, w = int(image.shape[0]), int(image.shape[1])
-    scale = size / min(h, w)
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if new == (h, w):
-        return image
-    return tf.image.resize(image, new, method="bilinear", antialias=True)
+        return tf.cast(image, tf.float32)
+    return data.rescale_short_side(image, size)
 
 
 def _list_images(directory: str) -> list[str]:

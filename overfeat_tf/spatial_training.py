@@ -1,0 +1,266 @@
+"""Spatial training for localization (box regressor, paper §4.2) and detection (§5).
+
+Both tasks train on whole output *maps*: a training image is rescaled (short side drawn
+from several scales, so the regressor learns to predict across scales, §4.2), cropped to a
+fixed `train_size` x `train_size` (so images batch), flipped at random, and every cell of
+the fine-stride output map gets targets from the ground-truth boxes and the window the cell
+sees (`boxes.window_boxes`):
+
+    window w, box b:   coverage = |b ∩ w| / |b|,   fill = |b ∩ w| / |w|,   IoU(b, w)
+
+- box target (localization): cells with a box of coverage >= 0.5 ("windows whose field of
+  view holds less than 50% of the box are not trained on"), regressing the box of highest
+  IoU among those, as its edges in the window's frame (`boxes.encode_boxes`); L2 loss on
+  the 4 numbers of that box's class (class-specific) or the single 4 (class-agnostic).
+- class target (detection): the class of the box of highest IoU among those with
+  coverage >= 0.5 and fill >= `min_fill` (the object is mostly inside and not tiny in the
+  window); background when no box has coverage >= 0.25 with fill >= `min_fill / 2`;
+  ignored in between. Background is class `C` (the extra, last logit). Negatives are picked
+  on the fly in every image (paper §5): all positives, plus `negative_ratio` negatives per
+  positive (at least `min_negatives`), half of them the most offending (highest non-
+  background probability), the rest at random.
+
+Task order that keeps every head consistent with the trunk it reads:
+classify (`training.py`) -> detect (fine-tunes trunk and classifier with the background
+class) -> localize (trunk and classifier frozen, trains the regressor on that trunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from overfeat_tf import boxes as box_ops
+from overfeat_tf import data
+from overfeat_tf.config import ModelConfig
+from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
+from overfeat_tf.models import OverFeat
+
+TASKS = ("localize", "detect")
+COVERAGE = 0.5  # paper §4.2: train on windows holding >= 50% of the box
+_NO_BOX = -1  # box_class target of cells with no box to regress
+_IGNORE = -1  # class target of cells left out of the detection loss
+
+
+def default_train_size(config: ModelConfig) -> int:
+    """The spatial training crop: crop + 4 fine strides (a 5x5 fine output map)."""
+    return config.crop_size + 4 * config.fine_stride
+
+
+def default_short_sides(train_size: int) -> tuple[int, ...]:
+    """Rescaled short sides before the crop: 1x, 1.4x and 2x the training size."""
+    return (train_size, round(1.4 * train_size), 2 * train_size)
+
+
+# --- targets --------------------------------------------------------------------------------
+def spatial_targets(
+    boxes: tf.Tensor,
+    labels: tf.Tensor,
+    config: ModelConfig,
+    size: int,
+    num_classes: int,
+    min_fill: float = 0.1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-cell targets of a `size` x `size` training image (module docstring rules).
+
+    Args:
+        boxes: `[N, 4]` yxyx in PIXELS of the training image (may extend past its border).
+        labels: `[N]` int classes in `[0, num_classes)`.
+        config: the network (fine stride, window = crop size).
+        size: side of the training image (px).
+        num_classes: C; background is class C.
+        min_fill: smallest fraction of the window a positive object must fill.
+
+    Returns:
+        class_target int32 `[h, w]` (class, C = background, -1 = ignored) and
+        box_target float32 `[h, w, 5]`: 4 deltas (window frame) and the box's class as a
+        float (-1 where there is no box to regress). h = w = `config.output_size(size)`.
+    """
+    out = config.output_size(size, "fine")
+    windows = tf.reshape(
+        box_ops.window_boxes(out, out, config.fine_stride, config.crop_size), [-1, 4]
+    )  # [P, 4]
+    # A zero-area dummy box far away keeps every reduction non-empty (images without boxes).
+    boxes = tf.concat([tf.cast(boxes, tf.float32), tf.fill([1, 4], -1e6)], axis=0)  # [N+1, 4]
+    labels = tf.concat([tf.cast(labels, tf.int32), [_NO_BOX]], axis=0)
+    inter = box_ops.pairwise_intersection(windows, boxes)  # [P, N+1]
+    coverage = tf.math.divide_no_nan(inter, box_ops.box_area(boxes)[tf.newaxis])
+    fill = inter / box_ops.box_area(windows)[:, tf.newaxis]
+    iou = box_ops.pairwise_iou(windows, boxes)
+
+    def best(mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        index = tf.argmax(tf.where(mask, iou, -1.0), axis=1, output_type=tf.int32)  # [P]
+        return index, tf.reduce_any(mask, axis=1)
+
+    positive, is_positive = best((coverage >= COVERAGE) & (fill >= min_fill))
+    near = tf.reduce_any((coverage >= COVERAGE / 2) & (fill >= min_fill / 2), axis=1)
+    class_target = tf.where(
+        is_positive,
+        tf.gather(labels, positive),
+        tf.where(near, _IGNORE, num_classes),
+    )
+    regress, has_box = best(coverage >= COVERAGE)
+    deltas = box_ops.encode_boxes(tf.gather(boxes, regress), windows)  # [P, 4]
+    box_class = tf.where(has_box, tf.gather(labels, regress), _NO_BOX)
+    box_target = tf.concat([deltas, tf.cast(box_class, tf.float32)[:, tf.newaxis]], axis=1)
+    box_target = tf.where(has_box[:, tf.newaxis], box_target, tf.constant([0, 0, 0, 0, -1.0]))
+    return tf.reshape(class_target, [out, out]), tf.reshape(box_target, [out, out, 5])
+
+
+# --- input pipeline -------------------------------------------------------------------------
+def decode_detection_example(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A detection-schema example -> (image float32 `[H, W, 3]` 0..255, boxes `[N, 4]`
+    normalized yxyx float32, labels `[N]` int32)."""
+    objects = example.get("objects")
+    if not isinstance(objects, dict) or "bbox" not in objects:
+        raise ValueError(
+            "Localization and detection need a detection dataset (`objects/bbox`, "
+            f"`objects/label`); this one has {sorted(example)}."
+        )
+    image = data.decode_image(example["image"])
+    return image, tf.cast(objects["bbox"], tf.float32), tf.cast(objects["label"], tf.int32)
+
+
+def random_spatial_crop(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    size: int,
+    short_sides: Sequence[int],
+    seed: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rescale (short side drawn from `short_sides`), random `size` crop, random flip.
+
+    Args:
+        image: `[H, W, 3]` float32 0..255.
+        boxes: `[N, 4]` yxyx NORMALIZED to the image.
+        size: crop side (px); every short side must be >= size.
+        short_sides: candidate rescaled short sides (px).
+        seed: int `[2]` stateless seed.
+
+    Returns:
+        image float32 `[size, size, 3]` and boxes `[N, 4]` yxyx in PIXELS of the crop
+        (unclipped: boxes may extend past the crop).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    sides = tf.constant(list(short_sides), tf.int32)
+    side = sides[tf.random.stateless_uniform([], seeds[0], 0, len(short_sides), tf.int32)]
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.round(hw * tf.cast(side, tf.float32) / tf.reduce_min(hw)), tf.int32)
+    new_hw = tf.maximum(new_hw, size)
+    image = tf.image.resize(image, new_hw, antialias=True)
+    y0 = tf.random.stateless_uniform([], seeds[1], 0, new_hw[0] - size + 1, tf.int32)
+    x0 = tf.random.stateless_uniform([], seeds[2], 0, new_hw[1] - size + 1, tf.int32)
+    image = image[y0 : y0 + size, x0 : x0 + size]
+    boxes = box_ops.denormalize_boxes(boxes, new_hw) - tf.cast(
+        tf.stack([y0, x0, y0, x0]), tf.float32
+    )
+    flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    boxes = tf.cond(flip, lambda: box_ops.flip_left_right(boxes, size), lambda: boxes)
+    return tf.ensure_shape(image, [size, size, 3]), boxes
+
+
+def spatial_dataset(
+    name_or_dataset: str | tf.data.Dataset,
+    split: str,
+    config: ModelConfig,
+    num_classes: int,
+    batch_size: int,
+    *,
+    train_size: int | None = None,
+    short_sides: Sequence[int] | None = None,
+    min_fill: float = 0.1,
+    data_dir: str | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 2000,
+    counter: data.CorruptRecordCounter | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Batches of (images `[B, S, S, 3]`, {"class_logits": `[B, h, w]`, "box_deltas":
+    `[B, h, w, 5]`}) for `fit`, repeated forever (targets as in `spatial_targets`).
+
+    With an `input_context` (`strategy.distribute_datasets_from_function`), this input
+    pipeline's shard (`data.raw_split`) and the per-replica batch (`batch_size` is global).
+    """
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    size = train_size or default_train_size(config)
+    sides = tuple(short_sides or default_short_sides(size))
+    if min(sides) < size:
+        raise ValueError(f"Every short side {sides} must be >= the training size {size}.")
+    if config.output_size(size) < 1:
+        raise ValueError(f"train_size {size} is smaller than the net's crop {config.crop_size}.")
+    dataset = data.raw_split(
+        name_or_dataset, split, data_dir, shuffle_files=True, seed=seed, input_context=input_context
+    )
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
+    dataset = dataset.apply(data.skip_corrupt(decode_detection_example, counter))
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed).batch(2)))
+
+    def prepare(example: tuple, example_seed: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        image, boxes, labels = example
+        image, boxes = random_spatial_crop(image, boxes, size, sides, example_seed)
+        class_target, box_target = spatial_targets(
+            boxes, labels, config, size, num_classes, min_fill
+        )
+        return image, {"class_logits": class_target, "box_deltas": box_target}
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# --- models ---------------------------------------------------------------------------------
+def task_model(
+    task: str, model: OverFeat, regressor: str = "class_specific", dtype: Any = None
+) -> OverFeat:
+    """The model a spatial task trains, from a trained one (weights copied by layer name).
+
+    detect: adds the background class (fc8 gets one more output: the object classes'
+    weights are kept, background starts at zero) and keeps any regressor; the regressor is
+    frozen, everything else trains. localize: adds a regressor (`regressor` kind) if the
+    model has none; only the regressor trains.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    background = model.background or task == "detect"
+    kind = model.regressor or (regressor if task == "localize" else None)
+    new = OverFeat(
+        model.config,
+        class_names=model.class_names,
+        stride="fine",
+        regressor=kind,
+        background=background,
+        kernel_initializer=model.kernel_initializer,
+        dtype=dtype,
+    )
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        target = new.get_layer(layer.name)
+        values = layer.get_weights()
+        if layer.name == "fc8" and background and not model.background:
+            kernel, bias = values
+            values = [
+                np.concatenate([kernel, np.zeros_like(kernel[..., :1])], axis=-1),
+                np.concatenate([bias, np.zeros_like(bias[:1])]),
+            ]
+        target.set_weights(values)
+    for layer in new.layers:
+        regression = layer.name.startswith("reg_")
+        layer.trainable = regression if task == "localize" else not regression
+    return new
+
+
+def task_losses(task: str, model: OverFeat, **mining: Any) -> dict[str, keras.losses.Loss | None]:
+    """The `compile` losses of a task, one per output of `model` (None: not trained)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    losses = {
+        "class_logits": MinedDetectionLoss(**mining) if task == "detect" else None,
+        "box_deltas": WindowBoxLoss() if task == "localize" else None,
+    }
+    return {name: losses[name] for name in model.output_names}

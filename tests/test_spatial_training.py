@@ -1,0 +1,235 @@
+"""Localization / detection targets, losses and task models against NumPy references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from overfeat_tf import spatial_training as st
+from overfeat_tf.config import TINY
+from overfeat_tf.models import OverFeat
+
+SIZE = st.default_train_size(TINY)  # 295 -> a 5x5 fine map
+C = TINY.num_classes
+
+
+def _numpy_targets(boxes, labels, min_fill=0.1):
+    """Direct transcription of the module docstring's rules, one cell at a time."""
+    out = TINY.output_size(SIZE)
+    cls = np.full((out, out), C)
+    box = np.zeros((out, out, 5))
+    box[..., 4] = -1
+    for i in range(out):
+        for j in range(out):
+            w = np.array([i * 16, j * 16, i * 16 + 231, j * 16 + 231], float)
+            best_pos = best_box = None
+            near = False
+            for b, lab in zip(boxes, labels, strict=True):
+                ih = max(0, min(w[2], b[2]) - max(w[0], b[0]))
+                iw = max(0, min(w[3], b[3]) - max(w[1], b[1]))
+                inter = ih * iw
+                area = (b[2] - b[0]) * (b[3] - b[1])
+                cov, fill = inter / area, inter / 231**2
+                iou = inter / (area + 231**2 - inter)
+                if cov >= 0.5 and fill >= min_fill and (best_pos is None or iou > best_pos[0]):
+                    best_pos = (iou, lab)
+                if cov >= 0.25 and fill >= min_fill / 2:
+                    near = True
+                if cov >= 0.5 and (best_box is None or iou > best_box[0]):
+                    best_box = (iou, b, lab)
+            cls[i, j] = best_pos[1] if best_pos else (-1 if near else C)
+            if best_box:
+                _, b, lab = best_box
+                box[i, j, :4] = (b - [w[0], w[1], w[0], w[1]]) / 231
+                box[i, j, 4] = lab
+    return cls, box
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_targets_match_numpy(seed):
+    rng = np.random.default_rng(seed)
+    n = seed % 4
+    y0x0 = rng.uniform(-30, 250, size=(n, 2))
+    hw = rng.uniform(20, 260, size=(n, 2))
+    boxes = np.concatenate([y0x0, y0x0 + hw], axis=1).astype("float32")
+    labels = rng.integers(0, C, size=n)
+    cls, box = st.spatial_targets(boxes, labels, TINY, SIZE, C)
+    want_cls, want_box = _numpy_targets(boxes, labels)
+    np.testing.assert_array_equal(cls.numpy(), want_cls)
+    np.testing.assert_allclose(box.numpy(), want_box, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_in_tf_data_equal_eager():
+    boxes = np.array([[10, 20, 200, 220], [100, 90, 290, 280]], "float32")
+    labels = np.array([3, 7])
+    eager = st.spatial_targets(boxes, labels, TINY, SIZE, C)
+    ds = tf.data.Dataset.from_tensors((boxes, labels)).map(
+        lambda b, lab: st.spatial_targets(b, lab, TINY, SIZE, C)
+    )
+    (cls, box), *_ = list(ds)
+    np.testing.assert_array_equal(cls.numpy(), eager[0].numpy())
+    np.testing.assert_array_equal(box.numpy(), eager[1].numpy())
+    assert (eager[0].numpy() == 3).any() and (eager[0].numpy() == 7).any()
+
+
+def test_random_spatial_crop_moves_boxes_with_pixels():
+    """A white box drawn in the image stays under its transformed box after crop/flip."""
+    image = np.zeros((400, 500, 3), "float32")
+    image[100:220, 150:330] = 255
+    boxes = np.array([[100 / 400, 150 / 500, 220 / 400, 330 / 500]], "float32")
+    for s in range(6):
+        crop, out = st.random_spatial_crop(image, boxes, 295, (295, 413), tf.constant([s, 1]))
+        y0, x0, y1, x1 = np.round(out.numpy()[0]).astype(int)
+        mask = crop.numpy()[..., 0] > 128
+        ys, xs = np.nonzero(mask)
+        assert abs(ys.min() - max(y0, 0)) <= 2 and abs(ys.max() + 1 - min(y1, 295)) <= 2
+        assert abs(xs.min() - max(x0, 0)) <= 2 and abs(xs.max() + 1 - min(x1, 295)) <= 2
+
+
+def _numpy_mined(labels, logits, ratio, min_neg, hard_fraction, chance):
+    out = []
+    for lab, lg, ch in zip(labels, logits, chance, strict=True):
+        lab, lg = lab.reshape(-1), lg.reshape(len(lab.reshape(-1)), -1)
+        p = np.exp(lg - lg.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        ce = -np.log(p[np.arange(len(lab)), np.maximum(lab, 0)])
+        pos = (lab >= 0) & (lab < lg.shape[-1] - 1)
+        neg = np.flatnonzero(lab == lg.shape[-1] - 1)
+        n_neg = max(ratio * pos.sum(), min_neg)
+        n_hard = int(np.round(hard_fraction * n_neg))
+        by_offence = neg[np.argsort(-(1 - p[neg, -1]), kind="stable")]
+        hard = by_offence[:n_hard]
+        rest = np.setdiff1d(neg, hard)
+        easy = rest[np.argsort(-ch.reshape(-1)[rest], kind="stable")][: int(n_neg - n_hard)]
+        sel = np.flatnonzero(pos).tolist() + hard.tolist() + easy.tolist()
+        out.append(ce[sel].mean())
+    return np.array(out)
+
+
+def test_mined_loss_matches_numpy(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = rng.choice([-1, 0, 1, 2, 3, 3, 3, 3, 3], size=(3, 4, 5))
+    labels[2] = 3  # an image with no positives: min_negatives still apply
+    logits = rng.normal(size=(3, 4, 5, 4)).astype("float32")
+    chance = rng.uniform(size=(3, 20)).astype("float32")
+    monkeypatch.setattr(tf.random, "uniform", lambda shape, *a, **k: tf.constant(chance))
+    loss = st.MinedDetectionLoss(negative_ratio=2.0, min_negatives=3, hard_fraction=0.5)
+    got = loss.call(tf.constant(labels), tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, _numpy_mined(labels, logits, 2.0, 3, 0.5, chance), rtol=1e-5)
+    config = loss.get_config()
+    assert st.MinedDetectionLoss.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize("per_class", [1, 3])
+def test_box_loss_matches_numpy(per_class):
+    rng = np.random.default_rng(per_class)
+    target = rng.normal(size=(2, 3, 3, 5)).astype("float32")
+    target[..., 4] = rng.integers(-1, 3, size=(2, 3, 3))
+    pred = rng.normal(size=(2, 3, 3, 4 * per_class)).astype("float32")
+    got = st.WindowBoxLoss().call(tf.constant(target), tf.constant(pred)).numpy()
+    want = []
+    for t, p in zip(target.reshape(2, 9, 5), pred.reshape(2, 9, per_class, 4), strict=True):
+        errors = [
+            ((p[k, int(c) if per_class > 1 else 0] - t[k, :4]) ** 2).sum()
+            for k, c in enumerate(t[:, 4])
+            if c >= 0
+        ]
+        want.append(np.mean(errors) if errors else 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_task_models_copy_weights_and_freeze():
+    keras.utils.set_random_seed(0)
+    base = OverFeat("tiny", kernel_initializer="he_normal", class_names=[str(i) for i in range(C)])
+    detector = st.task_model("detect", base)
+    assert detector.background and detector.regressor is None
+    np.testing.assert_array_equal(
+        detector.get_layer("conv3").kernel.numpy(), base.get_layer("conv3").kernel.numpy()
+    )
+    kernel = detector.get_layer("fc8").kernel.numpy()
+    np.testing.assert_array_equal(kernel[..., :C], base.get_layer("fc8").kernel.numpy())
+    assert not kernel[..., C].any()
+    localizer = st.task_model("localize", detector)
+    assert localizer.regressor == "class_specific" and localizer.background
+    trainable = {w.path.split("/")[0] for w in localizer.trainable_weights}
+    assert trainable == {"reg_fc1", "reg_fc2", "reg_out"}
+    assert set(st.task_losses("localize", localizer)) == {"class_logits", "box_deltas"}
+    with pytest.raises(ValueError, match="task"):
+        st.task_model("segment", base)
+
+
+def test_localize_training_reduces_box_loss():
+    """A few steps on one repeated batch: the regressor's L2 loss goes down."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype("float32")
+    boxes = np.array([[40, 50, 200, 230]], "float32")
+    targets = [st.spatial_targets(boxes, [2], TINY, SIZE, C)[1] for _ in range(2)]
+    model = st.task_model("localize", OverFeat("tiny", kernel_initializer="he_normal"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=st.task_losses("localize", model))
+    y = {"box_deltas": tf.stack(targets), "class_logits": tf.zeros([2, 5, 5])}
+    history = model.fit(images, y, epochs=15, batch_size=2, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0]
+
+
+def _detection_examples(n: int = 6) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    images = [
+        tf.io.encode_png(rng.integers(0, 255, (300, 340, 3), dtype=np.uint8)).numpy()
+        for _ in range(n)
+    ]
+    boxes = np.array([[[0.1, 0.1, 0.7, 0.6]]] * n, "float32")
+    labels = np.arange(n, dtype="int64")[:, None] % C
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": images, "objects": {"bbox": boxes, "label": labels}}
+    )
+
+
+def test_train_py_stages_detect_then_localize(tmp_path):
+    """`training.train(task=...)`: detect adds the background class and trains the net,
+    localize trains only the regressor (trunk and classifier stay as they were)."""
+    from overfeat_tf import training
+
+    keras.utils.set_random_seed(0)
+    names = [f"c{i}" for i in range(C)]
+    OverFeat("tiny", class_names=names, kernel_initializer="he_normal").save(tmp_path / "cls.keras")
+    common = {
+        "model": "tiny",
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 2,
+        "learning_rate": 1e-3,
+        "verbose": 0,
+    }
+    results = {}
+    start = tmp_path / "cls.keras"
+    for task in ("detect", "localize"):
+        config = training.TrainConfig(
+            task=task, init_model=str(start), output=str(tmp_path / task), **common
+        )
+        results[task] = training.train(config, dataset=_detection_examples(), class_names=names)
+        start = results[task]["model_path"]
+        assert results[task]["final_step"] == 2
+    cls, det, loc = (
+        keras.models.load_model(p)
+        for p in (
+            tmp_path / "cls.keras",
+            results["detect"]["model_path"],
+            results["localize"]["model_path"],
+        )
+    )
+    assert det.background and not det.regressor and loc.regressor == "class_specific"
+    assert not np.array_equal(
+        det.get_layer("conv2").kernel.numpy(), cls.get_layer("conv2").kernel.numpy()
+    )
+    for name in ("conv2", "fc7", "fc8"):
+        np.testing.assert_array_equal(
+            loc.get_layer(name).kernel.numpy(), det.get_layer(name).kernel.numpy()
+        )
+
+
+def test_spatial_task_needs_an_initial_model():
+    from overfeat_tf import training
+
+    with pytest.raises(ValueError, match="--init-model"):
+        training.TrainConfig(model="tiny", task="detect")

@@ -1,0 +1,340 @@
+"""Training: the recipe's pieces, a run's outputs, tf.distribute strategies, crash resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from overfeat_tf import training
+from overfeat_tf.models import OverFeat
+from tests.test_data import TOY_CLASSES, TOY_NAME, encoded_examples, toy_data_dir  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small, stable recipe for the toy data: He init, small lr, small batches.
+TOY_FLAGS = [
+    "--model",
+    "tiny",
+    "--dataset",
+    TOY_NAME,
+    "--batch-size",
+    "8",
+    "--init",
+    "he_normal",
+    "--lr",
+    "0.01",
+    "--shuffle-buffer",
+    "32",
+    "--verbose",
+    "2",
+]
+SUBPROCESS_TIMEOUT = 240
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _result(stdout: str) -> dict:
+    """The JSON summary train.py prints last."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, stdout
+    return json.loads(lines[-1])
+
+
+def _fingerprint_of_checkpoint(path: str | Path) -> str:
+    crop = OverFeat("tiny", num_classes=len(TOY_CLASSES)).crop_model()
+    crop.load_weights(str(path))
+    return training.weights_fingerprint(crop)
+
+
+# --- the recipe's pieces --------------------------------------------------------------------
+
+
+def test_learning_rate_halves_after_the_paper_epochs():
+    schedule = training.learning_rate_schedule(0.05, 10, (30, 50, 60, 70, 80), 0.5)
+    lr = {step: float(schedule(step)) for step in (0, 299, 300, 499, 500, 650, 799, 800, 5000)}
+    assert lr[0] == lr[299] == pytest.approx(0.05)
+    assert lr[300] == lr[499] == pytest.approx(0.025)
+    assert lr[500] == pytest.approx(0.0125) and lr[650] == pytest.approx(0.00625)
+    assert lr[799] == pytest.approx(0.003125) and lr[800] == lr[5000] == pytest.approx(0.0015625)
+    assert training.learning_rate_schedule(0.1, 10, (), 0.5) == 0.1
+    with pytest.raises(ValueError, match="increasing"):
+        training.learning_rate_schedule(0.1, 10, (5, 3), 0.5)
+
+
+def test_weight_decay_is_torch_style_l2_on_every_parameter():
+    model = OverFeat("tiny", num_classes=3, kernel_initializer="he_normal")
+    crop = model.crop_model()
+    training.add_weight_decay(crop, 1e-5)
+    variables = crop.trainable_variables
+    expected = sum(float(tf.reduce_sum(tf.square(v))) for v in variables) * 1e-5 / 2
+    assert float(sum(crop.losses)) == pytest.approx(expected, rel=1e-5)
+    # gradient of the decay term alone: weight_decay * w, biases included
+    with tf.GradientTape() as tape:
+        decay = tf.add_n(crop.losses)
+    grads = tape.gradient(decay, variables)
+    for v, g in zip(variables, grads, strict=True):
+        np.testing.assert_allclose(g.numpy(), 1e-5 * v.numpy(), rtol=1e-5, atol=1e-12)
+    assert any("bias" in v.path for v in variables)
+
+
+def test_config_defaults_are_the_papers_and_bad_values_fail():
+    config = training.TrainConfig()
+    assert (config.batch_size, config.learning_rate, config.momentum) == (128, 5e-2, 0.6)
+    assert (config.weight_decay, config.lr_decay_epochs, config.lr_decay_factor) == (
+        1e-5,
+        (30, 50, 60, 70, 80),
+        0.5,
+    )
+    assert config.init == "paper" and config.dataset_name == "imagenet2012"
+    assert training.TrainConfig(model="tiny").dataset_name == "overfeat_shapes"
+    for bad in (
+        {"model": "huge"},
+        {"strategy": "horovod"},
+        {"momentum": 1.0},
+        {"mixed_precision": "int8"},
+        {"init": "zeros"},
+        {"epochs": 0},
+    ):
+        with pytest.raises(ValueError):
+            training.TrainConfig(**bad)
+
+
+def test_imagenet_without_its_tars_fails_clearly(tmp_path):
+    config = training.TrainConfig(
+        model="fast", data_dir=str(tmp_path), output=str(tmp_path / "run")
+    )
+    with pytest.raises(ValueError, match="downloads/manual"):
+        training.train(config)
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+
+def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path):
+    config = training.TrainConfig(
+        model="tiny",
+        output=str(tmp_path / "run"),
+        epochs=2,
+        steps_per_epoch=2,
+        batch_size=4,
+        init="he_normal",
+        learning_rate=0.01,
+        shuffle_buffer=16,
+        verbose=0,
+    )
+    result = training.train(config, encoded_examples(10, corrupt=(3,)), list(TOY_CLASSES))
+    run = tmp_path / "run"
+    assert result["epochs_run"] == 2 and result["final_step"] == 4
+    assert result["corrupt_records"] >= 1 and result["logs"]["corrupt_records"] >= 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_001.weights.h5",
+        "epoch_002.weights.h5",
+    ]
+    assert not (run / "backup").exists()  # BackupAndRestore removes it after success
+    events = list((run / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    tags = {
+        value.tag
+        for path in events
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tags
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert state["fingerprint"] == _fingerprint_of_checkpoint(
+        run / "checkpoints/epoch_002.weights.h5"
+    )
+    model = keras.models.load_model(result["model_path"])
+    assert isinstance(model, OverFeat) and model.class_names == list(TOY_CLASSES)
+    assert model(np.zeros((1, 247, 247, 3)))["class_logits"].shape == (1, 2, 2, 3)
+
+
+def test_mixed_precision_run_keeps_float32_outputs_and_restores_the_policy(tmp_path):
+    config = training.TrainConfig(
+        model="tiny",
+        output=str(tmp_path / "run"),
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=4,
+        init="he_normal",
+        learning_rate=0.01,
+        mixed_precision="bfloat16",
+        verbose=0,
+    )
+    result = training.train(config, encoded_examples(8), list(TOY_CLASSES))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = keras.models.load_model(result["model_path"])
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
+    assert model(np.zeros((1, 231, 231, 3)))["class_logits"].dtype == "float32"
+
+
+# --- strategies (subprocesses: devices and TF_CONFIG are fixed when TF starts) --------------
+
+MIRRORED_DRIVER = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import runpy
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(toy_data_dir, tmp_path):  # noqa: F811
+    flags = [
+        *TOY_FLAGS,
+        "--data-dir",
+        str(toy_data_dir),
+        "--output",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "3",
+        "--strategy",
+        "mirrored",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED_DRIVER, *flags],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = _result(done.stdout)
+    assert result["replicas"] == 2 and result["final_step"] == 3
+    assert np.isfinite(result["logs"]["loss"])
+    assert Path(result["model_path"]).exists()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers(toy_data_dir, tmp_path):  # noqa: F811
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    output = tmp_path / "run"
+    flags = [
+        *TOY_FLAGS,
+        "--data-dir",
+        str(toy_data_dir),
+        "--output",
+        str(output),
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--strategy",
+        "multi_worker",
+    ]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "train.py", *flags],
+                cwd=ROOT,
+                env=_env(TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+            assert process.returncode == 0, stderr[-3000:]
+            outputs.append(_result(stdout))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    chief, worker = outputs
+    assert chief["chief"] and not worker["chief"]
+    assert chief["replicas"] == worker["replicas"] == 2
+    assert chief["final_step"] == worker["final_step"] == 4
+    assert Path(chief["model_path"]) == output / "model.keras" and worker["model_path"] is None
+    # synchronous training: both workers end with the same weights
+    states = [json.loads((output / sub / "state.json").read_text()) for sub in ("", "workers/1")]
+    assert states[0]["fingerprint"] == states[1]["fingerprint"]
+
+
+# --- crash and resume -----------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_restores_epoch_step_and_weights(toy_data_dir, tmp_path):  # noqa: F811
+    output = tmp_path / "run"
+    epochs, steps = 4, 5
+    command = [
+        sys.executable,
+        "train.py",
+        *TOY_FLAGS,
+        "--data-dir",
+        str(toy_data_dir),
+        "--output",
+        str(output),
+        "--epochs",
+        str(epochs),
+        "--steps-per-epoch",
+        str(steps),
+    ]
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    state_path = output / "state.json"
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    try:
+        while not state_path.exists():  # written after the first epoch's checkpoint
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    killed_at = json.loads(state_path.read_text())["epoch"]
+    assert 1 <= killed_at < epochs, "the run finished before it could be killed"
+
+    second = subprocess.run(
+        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = json.loads((output / "resume.json").read_text())
+    # it resumes from the last finished epoch (the one killed mid-way is lost)
+    assert resumed["epoch"] >= killed_at
+    assert resumed["step"] == resumed["epoch"] * steps
+    checkpoint = output / "checkpoints" / f"epoch_{resumed['epoch']:03d}.weights.h5"
+    assert resumed["fingerprint"] == _fingerprint_of_checkpoint(checkpoint)
+    result = _result(second.stdout)
+    assert result["initial_epoch"] == resumed["epoch"]
+    assert result["epochs_run"] == epochs - resumed["epoch"]
+    assert result["final_step"] == epochs * steps
+    assert f"Resumed from epoch {resumed['epoch']}" in second.stdout

@@ -106,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     from overfeat_tf import serving
+    from overfeat_tf.pyramid import parse_scales
 
     try:
         layer = args.feature_layer
         options = serving.ExportOptions(
-            scales=None if args.scales is None else serving.parse_scales(args.scales),
+            scales=None if args.scales is None else parse_scales(args.scales),
             flips=args.flips,
             stride=args.stride,
             top_k=args.top_k,

@@ -119,8 +119,9 @@ def section(report: dict) -> str:
     rows = evaluation.format_table(report)
     best = min(r["top1_error"] for r in report["rows"] if "6 scales" in r["name"])
     verdict = "meets" if best <= 10 else "does NOT meet"
+    start, end = report["load_average_start"], report["load_average_end"]
     return f"""Machine: {report["machine"]} (nproc {report["nproc"]}; shared: load average
-{report["load_average_start"]} at the start, {report["load_average_end"]} at the end: other jobs ran).
+{start} at the start, {end} at the end: other jobs ran).
 Command: `{command}`.
 
 The tiny net (0.5M parameters, 231 px crops) trained on `{report["dataset"]}` (train split)
@@ -133,10 +134,12 @@ epochs {recipe["lr_decay_epochs"]}, {report["epochs_run"]} epochs ({report["step
 decoded images cached in memory.
 
 Wall time: training {report["train_seconds"]} s (limit {recipe["train_minutes"]} min{
-        ", stopped by it" if report["stopped_by_time_limit"] else ""}), evaluation
+        ", stopped by it" if report["stopped_by_time_limit"] else ""
+    }), evaluation
 {report["eval_seconds"]} s, dataset generation {report["prepare_seconds"]} s (once, not
 part of training). Last training epoch: {
-        ", ".join(f"{k} {v:.4g}" for k, v in sorted(report["train_logs"].items()))}.
+        ", ".join(f"{k} {v:.4g}" for k, v in sorted(report["train_logs"].items()))
+    }.
 
 {rows}
 

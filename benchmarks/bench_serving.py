@@ -38,7 +38,7 @@ from overfeat_tf import image_io, serving
 from overfeat_tf.detection import dense_boxes, detect_tensor
 from overfeat_tf.merge import greedy_merge
 from overfeat_tf.models import OverFeat
-from overfeat_tf.pyramid import default_scales
+from overfeat_tf.pyramid import default_scales, parse_scales
 
 IMAGE_SIZE = (320, 400)
 NUM_CLASSES = 20
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
-    scales = None if args.scales is None else serving.parse_scales(args.scales)
+    scales = None if args.scales is None else parse_scales(args.scales)
     results = [bench_model(name, scales, args.repeats) for name in args.models]
     print(json.dumps(results, indent=2))
     if args.write:

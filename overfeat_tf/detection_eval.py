@@ -55,7 +55,7 @@ from overfeat_tf.detection import (
     first_box_per_class,
     kept_boxes,
 )
-from overfeat_tf.pyramid import Scale, check_scales, default_scales
+from overfeat_tf.pyramid import default_scales, parse_scales
 from overfeat_tf.spatial_training import decode_detection_example
 
 GUESSES = 5  # ILSVRC localization: 5 (class, box) guesses per image
@@ -329,22 +329,6 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 # --- command line ----------------------------------------------------------------------------
-def parse_scales(text: str) -> tuple[Scale, ...]:
-    """'247,279' (short sides) or '245x245,281x317' ((h, w) pairs) -> scales."""
-    scales: list[Scale] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "x" in part:
-                h, w = part.split("x")
-                scales.append((int(h), int(w)))
-            elif part:
-                scales.append(int(part))
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"bad scale {part!r} in {text!r}") from error
-    return check_scales(scales)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = DetectionOptions()
     p = argparse.ArgumentParser(

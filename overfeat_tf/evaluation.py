@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from overfeat_tf import data
 from overfeat_tf.inference import run_levels, spatial_model
-from overfeat_tf.pyramid import Scale, check_scales, default_scales
+from overfeat_tf.pyramid import Scale, check_scales, default_scales, parse_scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,19 +225,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scales_arg(text: str) -> tuple[Scale, ...]:
-    """ "247,279" or "245x245,281x317" -> scales."""
-    scales: list[Scale] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "x" in part:
-            h, w = part.split("x")
-            scales.append((int(h), int(w)))
-        elif part:
-            scales.append(int(part))
-    return tuple(scales)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Multi-scale classification evaluation (Table 2).")
     p.add_argument("--model", required=True, help="a .keras file written by train.py")
@@ -245,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--data-dir", default=None)
     p.add_argument(
-        "--scales", type=_scales_arg, default=None, help='e.g. "247,279,327" or "245x245,281x317"'
+        "--scales", type=parse_scales, default=None, help='e.g. "247,279,327" or "245x245,281x317"'
     )
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

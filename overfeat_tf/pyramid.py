@@ -94,6 +94,26 @@ def check_scales(scales: Sequence[Scale] | int) -> tuple[Scale, ...]:
     return tuple(checked)
 
 
+def parse_scales(text: str | Sequence[str]) -> tuple[Scale, ...]:
+    """Command-line scales -> checked scales: "231" (a short side, px) or "281x317" (height x
+    width), as one comma-separated string ("247,281x317") or a list of such strings."""
+    values = [text] if isinstance(text, str) else list(text)
+    scales: list[Scale] = []
+    for value in (v.strip().lower() for item in values for v in item.split(",")):
+        if not value:
+            continue
+        try:
+            numbers = [int(p) for p in value.split("x")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (1, 2):
+            raise ValueError(
+                f"Bad scale {value!r}: use a short side like 231 or a size like 281x317."
+            )
+        scales.append(numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1]))
+    return check_scales(scales)
+
+
 def level_size(image_size: tf.Tensor, scale: Scale, config: str | ModelConfig) -> tf.Tensor:
     """Size (h, w) int32 `[2]` of the level of an `image_size` (H, W) image at `scale`.
 

@@ -61,7 +61,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -552,20 +552,3 @@ def load_keras_model(path: str | os.PathLike) -> keras.Model:
         raise ValueError(f"Could not load {path} as a Keras model: {first}") from error
     _check_model(model)
     return model
-
-
-def parse_scales(values: Sequence[str]) -> tuple[Scale, ...]:
-    """Command-line scales: "231" (short side) or "281x317" (height x width)."""
-    scales: list[Scale] = []
-    for value in values:
-        parts = value.lower().split("x")
-        try:
-            numbers = [int(p) for p in parts]
-        except ValueError:
-            numbers = []
-        if len(numbers) not in (1, 2):
-            raise ValueError(
-                f"Bad scale {value!r}: use a short side like 231 or a size like 281x317."
-            )
-        scales.append(numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1]))
-    return check_scales(scales)

@@ -126,5 +126,5 @@ def test_command_on_a_saved_model(model, toy_data_dir, tmp_path, capsys):  # noq
     out = capsys.readouterr().out
     assert result["examples"] == 4 and result["scales"] == [231, 247]
     assert "| approach | top-1 error % | top-5 error % |" in out
-    assert evaluation._scales_arg("245x245,281x317") == ((245, 245), (281, 317))
-    assert pyramid.check_scales(evaluation._scales_arg("231")) == (231,)
+    assert pyramid.parse_scales("245x245,281x317") == ((245, 245), (281, 317))
+    assert pyramid.check_scales(pyramid.parse_scales("231")) == (231,)

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from overfeat_tf import serving
+from overfeat_tf import pyramid, serving
 from overfeat_tf.detection import detect, detect_tensor
 from overfeat_tf.features import extract_features, resize_short_side
 from overfeat_tf.image_io import decode_image
@@ -451,9 +451,10 @@ def test_bad_options_raise_value_error(bad):
 def test_options_round_trip_and_scales_parse():
     options = serving.ExportOptions(scales=(231, (281, 317)), top_k=3, feature_layer=19)
     assert serving.ExportOptions.from_dict(json.loads(options.to_json())) == options
-    assert serving.parse_scales(["231", "281x317"]) == (231, (281, 317))
+    assert pyramid.parse_scales(["231", "281x317"]) == (231, (281, 317))
+    assert pyramid.parse_scales("231,281x317") == (231, (281, 317))
     with pytest.raises(ValueError, match="Bad scale"):
-        serving.parse_scales(["big"])
+        pyramid.parse_scales(["big"])
 
 
 def test_bad_feature_layer_fails_before_anything_is_written(exported, tmp_path):

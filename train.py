@@ -79,7 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-decay-factor", type=float, default=defaults.lr_decay_factor)
     p.add_argument("--momentum", type=float, default=defaults.momentum)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--init", choices=sorted(training.INITS), default=defaults.init)
+    p.add_argument(
+        "--init",
+        choices=sorted(training.INITS),
+        default=defaults.init,
+        help="paper: N(0, 0.01); he_normal: He for every layer but fc8 (small nets learn faster)",
+    )
     p.add_argument("--dropout", type=float, default=None, help="default: the model's (0.5)")
     p.add_argument("--mixed-precision", choices=("bfloat16", "float16"), default=None)
     p.add_argument("--strategy", choices=training.STRATEGIES, default=defaults.strategy)

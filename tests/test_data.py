@@ -190,12 +190,19 @@ def test_center_crop_eager_and_in_dataset():
 
 def test_random_flip_seeded_eager_matches_dataset_and_flips_half():
     image = _image(10, 12)
+    seeds = np.stack([np.arange(40), np.full(40, 7)], axis=1)
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ((image, seed) for seed in seeds),
+        output_signature=(
+            tf.TensorSpec([None, None, None], tf.uint8),
+            tf.TensorSpec([2], tf.int64),
+        ),
+    )
+    mapped = list(dataset.map(data.random_flip, num_parallel_calls=2))
     flipped = 0
-    for i in range(40):
-        seed = tf.constant([i, 7], tf.int64)
-        eager = data.random_flip(image, seed).numpy()
-        mapped = _in_dataset(lambda x, s: data.random_flip(x, s), image, seed).numpy()
-        np.testing.assert_array_equal(eager, mapped)
+    for seed, in_dataset in zip(seeds, mapped, strict=True):
+        eager = data.random_flip(image, tf.constant(seed)).numpy()
+        np.testing.assert_array_equal(eager, in_dataset.numpy())
         if np.array_equal(eager, image[:, ::-1]):
             flipped += 1
         else:

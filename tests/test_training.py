@@ -114,6 +114,16 @@ def test_config_defaults_are_the_papers_and_bad_values_fail():
             training.TrainConfig(**bad)
 
 
+def test_he_init_keeps_fc8_small():
+    model = training.build_model(training.TrainConfig(model="tiny", init="he_normal"), ["a", "b"])
+    fc8 = model.get_layer("fc8").kernel.numpy()
+    conv1 = model.get_layer("conv1").kernel.numpy()
+    assert fc8.std() == pytest.approx(0.01, rel=0.2)
+    assert conv1.std() == pytest.approx((2 / (11 * 11 * 3)) ** 0.5, rel=0.1)
+    paper = training.build_model(training.TrainConfig(model="tiny"), ["a", "b"])
+    assert paper.get_layer("conv1").kernel.numpy().std() == pytest.approx(0.01, rel=0.1)
+
+
 def test_imagenet_without_its_tars_fails_clearly(tmp_path):
     config = training.TrainConfig(
         model="fast", data_dir=str(tmp_path), output=str(tmp_path / "run")

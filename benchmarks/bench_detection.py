@@ -286,11 +286,20 @@ def section(report: dict[str, Any]) -> str:
     images = f"the first {limit} images" if limit else "all images"
     if report["stages"]:
         training_text = (
-            f"Training: the tiny net on `{report['dataset']}` (train split), three stages of "
+            f"Training: the tiny net on `{report['dataset']}` (train split), "
+            f"{len(report['stages'])} stages of "
             f"`overfeat_tf.training.train`, each starting from the previous stage's model and "
             f"limited to {report['recipe']['stage_minutes']:g} min of wall time; dataset "
             f"generation {report['prepare_seconds']} s (once, before).\n\n" + _stage_table(report)
         )
+        classifier = report["recipe"]["classifier"]
+        if classifier:
+            training_text += (
+                f"\n\nThe classify stage was not run here: the detect stage started from "
+                f"`{classifier}`, trained by `python benchmarks/bench_classification.py` (its "
+                f'recipe, time and errors are in the section "Classification: tiny on '
+                f'overfeat_shapes").'
+            )
     else:
         training_text = f"Training skipped: evaluated `{report['model_path']}`."
     return f"""Machine: {report["machine"]} (nproc {report["nproc"]}; shared machine: load

@@ -75,7 +75,7 @@ from overfeat_tf.detection import DetectionOptions, detect_tensor
 from overfeat_tf.features import feature_model, min_input_size, resize_short_side, resolve_layer
 from overfeat_tf.inference import classify_tensor
 from overfeat_tf.layers import STRIDES
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD
+from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, jit_compile_default
 from overfeat_tf.pyramid import Scale, check_scales, default_scales
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
@@ -519,8 +519,10 @@ def export_model(
     export_dir.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=export_dir))
     try:
-        archive = build_export(model, options)
-        archive.write_out(str(temporary), verbose=False)
+        # Every function traced without XLA: TF Serving may lack the XLA JIT.
+        with jit_compile_default(False):
+            archive = build_export(model, options)
+            archive.write_out(str(temporary), verbose=False)
         _write_metadata(temporary, metadata)
         os.chmod(temporary, 0o755)  # mkdtemp makes it 0700; a server may run as another user
         os.replace(temporary, target)

@@ -332,6 +332,15 @@ def test_no_python_ops_in_any_function(exported, loaded):
         ops |= _op_types(function.graph.as_graph_def())
     assert {"Conv2D", "While", "DecodeImage", "TopKV2"} <= ops  # the walk reached the bodies
     assert not ops & PY_OPS
+    # Nothing must need the XLA JIT (TF Serving may run without it): the merge's XLA path is
+    # for in-package use only.
+    xla = [
+        f.signature.name
+        for meta_graph in proto.meta_graphs
+        for f in meta_graph.graph_def.library.function
+        if f.attr["_XlaMustCompile"].b
+    ]
+    assert not xla
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -151,6 +151,17 @@ def test_tf_float32_matches_numpy(seed):
     assert_same(got, want, atol=2e-4)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_many_small_classes_share_lanes(rng, jit_compile):
+    # 300 boxes over ~100 classes (ids negative and sparse too): lanes hold many classes.
+    boxes, scores, _ = clustered_set(rng, 300, 1, noise=0.05)
+    classes = rng.integers(-50, 50, 300) * 3
+    classes[:60] = 7  # and one big class
+    want = greedy_merge_numpy(boxes, scores, classes, 1.0)
+    got = _merge_fn(jit_compile)(boxes, scores, classes, 1.0)
+    assert_same(got, want, atol=1e-9)
+
+
 def test_many_classes_use_several_lane_groups(rng):
     num_classes = 2 * M._LANES + 3  # several groups, some lanes padded
     boxes, scores, _ = clustered_set(rng, 160, 1)
@@ -309,3 +320,110 @@ def test_bad_input_raises():
         )
     with pytest.raises(ValueError, match="same number"):
         greedy_merge_numpy(box, [1.0], [0, 0])
+
+
+# --- XLA and plain-TF paths, compaction --------------------------------------------------------
+def _merge_fn(jit_compile, dtype=tf.float64):
+    """A fresh trace of `greedy_merge` (so that patched module constants take effect)."""
+    graph = tf.function(M._greedy_merge_graph.python_function, reduce_retracing=True)
+
+    def run(boxes, scores, classes, threshold):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(M, "_greedy_merge_graph", graph)
+            np_dtype = dtype.as_numpy_dtype
+            r = greedy_merge(
+                np.asarray(boxes, np_dtype),
+                np.asarray(scores, np_dtype),
+                np.asarray(classes, np.int32),
+                threshold,
+                MAX_OUT,
+                jit_compile=jit_compile,
+            )
+        k = int(r.num_merged)
+        return tuple(x.numpy()[:k] for x in r[:4])
+
+    return run
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_compaction_and_shared_lanes_keep_results(monkeypatch, jit_compile):
+    # Tiny arrays and frequent compaction (the clusters left are packed many times), and
+    # small classes sharing lanes.
+    monkeypatch.setattr(M, "_MIN_BUCKET", 32)
+    monkeypatch.setattr(M, "_SHRINK", 2)
+    monkeypatch.setattr(M, "_MIN_KEEP", 2)
+    monkeypatch.setattr(M, "_PACK", 12)
+    run = _merge_fn(jit_compile)
+    seeds = range(6) if not jit_compile else range(2)
+    for seed in seeds:
+        rng = np.random.default_rng(300 + seed)
+        boxes, scores, classes = clustered_set(rng, 110, num_classes=2, outliers=0.4)
+        # Two big classes and a few small ones (some share a lane).
+        classes[rng.permutation(110)[:30]] = rng.integers(2, 7, 30)
+        for threshold in (MERGE_THRESHOLD, 1.0):
+            want = greedy_merge_numpy(boxes, scores, classes, threshold)
+            got = run(boxes, scores, classes, threshold)
+            assert_same(got, want, atol=1e-9)
+            np.testing.assert_array_equal(got[3], want[3])  # same order, too
+
+
+def test_xla_and_plain_tf_agree_bitwise(rng):
+    # The benchmark's kind of set, float32: the two paths must not differ even in the last bit.
+    boxes, scores, classes = clustered_set(rng, 700, num_classes=3, noise=0.05)
+    args = (boxes.astype("f4"), scores.astype("f4"), classes.astype("i4"), MERGE_THRESHOLD)
+    with_xla = greedy_merge(*args, max_output=MAX_OUT, jit_compile=True)
+    without = greedy_merge(*args, max_output=MAX_OUT, jit_compile=False)
+    assert int(with_xla.num_merged) < 350
+    for x, y in zip(with_xla, without, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def _uses_xla(concrete_function) -> bool:
+    graph_def = concrete_function.graph.as_graph_def()
+    functions = graph_def.library.function
+    return any(f.attr["_XlaMustCompile"].b for f in functions)
+
+
+def test_jit_compile_default_and_saved_model_without_xla(tmp_path, rng):
+    signature = _signature(tf.float32)
+
+    def merge(b, s, c, t):
+        return greedy_merge(b, s, c, t, max_output=MAX_OUT)
+
+    assert _uses_xla(tf.function(merge, input_signature=signature).get_concrete_function())
+    with M.jit_compile_default(False):
+        plain = tf.function(merge, input_signature=signature).get_concrete_function()
+        # An explicit argument wins over the context.
+        forced = tf.function(
+            lambda b, s, c, t: greedy_merge(b, s, c, t, MAX_OUT, jit_compile=True),
+            input_signature=signature,
+        ).get_concrete_function()
+    assert not _uses_xla(plain) and _uses_xla(forced)
+    # Traced by tf.saved_model.save: no XLA in the SavedModel (TF Serving may lack the JIT).
+    module = tf.Module()
+    module.merge = tf.function(merge, input_signature=signature)
+    tf.saved_model.save(module, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    assert not _uses_xla(loaded.merge.get_concrete_function())
+    boxes, scores, classes = clustered_set(rng, 60, 2)
+    args = (
+        boxes.astype("f4"),
+        scores.astype("f4"),
+        classes.astype("i4"),
+        np.float32(MERGE_THRESHOLD),
+    )
+    for x, y in zip(loaded.merge(*args), MERGE[tf.float32](*args), strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+@pytest.mark.parametrize("n", [60, 100, 300])
+def test_plain_tf_phases_always_make_progress(n):
+    # Default constants: lanes of these sizes shrink through 64 -> 48 slots, where packing
+    # into `_aligned(keep)` slots once gave the same array size again (a loop without end).
+    rng = np.random.default_rng(n)
+    boxes, scores, _ = clustered_set(rng, n, 1, num_objects=2, noise=0.02, outliers=0.05)
+    classes = np.zeros(n, np.int32)
+    want = greedy_merge_numpy(boxes, scores, classes, MERGE_THRESHOLD)
+    got = _merge_fn(False)(boxes, scores, classes, MERGE_THRESHOLD)
+    assert len(want[0]) < n // 4  # many merges, so several phases ran
+    assert_same(got, want, atol=1e-9)

@@ -269,8 +269,18 @@ def backed_up_epoch(backup_dir: Path) -> int:
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """`model.save` to a temporary file in the same directory, then `os.replace` (atomic)."""
+    """`model.save` to a temporary file in the same directory, then `os.replace` (atomic).
+
+    A compiled model is saved as an uncompiled copy with the same weights: the `.keras` file
+    is the trained product (inference, export, the next stage's `--init-model`), not a resume
+    point (checkpoints are). Its optimizer state would not fit the optimizer that loading
+    recompiles anyway when layers were frozen (the trainable flags are not in the config).
+    """
     path = Path(path)
+    if getattr(model, "optimizer", None) is not None:
+        copy = model.__class__.from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        model = copy
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
     os.close(fd)

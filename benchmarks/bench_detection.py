@@ -217,6 +217,8 @@ def _command(report: dict[str, Any]) -> str:
     for key, value in report["recipe"].items():
         if value is None or (report["skip_training"] and key not in EVAL_KEYS):
             continue
+        if key.startswith("classify_") and report["recipe"]["classifier"]:
+            continue  # that stage did not run
         if key == "scales":
             value = ",".join(str(s) if isinstance(s, int) else f"{s[0]}x{s[1]}" for s in value)
         parts.append(f"--{key.replace('_', '-')} {value}")

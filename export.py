@@ -23,10 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from overfeat_tf.detection import DetectionOptions
+    from overfeat_tf.detection import add_detection_arguments
     from overfeat_tf.image_io import DEFAULT_MAX_PIXELS
 
-    defaults = DetectionOptions()
     parser = argparse.ArgumentParser(
         prog="python export.py",
         description="Export an OverFeat .keras model for TF Serving (multi-scale detection, "
@@ -47,37 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="pyramid scales: short sides (231) and/or HxW sizes (281x317); default: the "
         "net's six default scales",
     )
-    parser.add_argument(
-        "--flips",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.flips,
-        help="also run each scale's left-right flip (default: on)",
-    )
-    parser.add_argument("--stride", choices=("fine", "coarse"), default=defaults.stride)
-    parser.add_argument(
-        "--top-k", type=int, default=defaults.top_k, help="classes per scale that predict boxes"
-    )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=defaults.score_threshold,
-        help="windows below this class probability predict no box",
-    )
-    parser.add_argument(
-        "--max-boxes", type=int, default=defaults.max_boxes, help="boxes into the merge, at most"
-    )
-    parser.add_argument(
-        "--merge-threshold",
-        type=float,
-        default=defaults.merge_threshold,
-        help="merge threshold t (lower = fewer merges)",
-    )
-    parser.add_argument(
-        "--max-detections",
-        type=int,
-        default=defaults.max_detections,
-        help="detections per image (outputs are padded to this)",
-    )
+    add_detection_arguments(parser)
     parser.add_argument(
         "--max-pixels",
         type=int,
@@ -106,22 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     from overfeat_tf import serving
+    from overfeat_tf.detection import detection_arguments
     from overfeat_tf.pyramid import parse_scales
 
     try:
         layer = args.feature_layer
         options = serving.ExportOptions(
             scales=None if args.scales is None else parse_scales(args.scales),
-            flips=args.flips,
-            stride=args.stride,
-            top_k=args.top_k,
-            score_threshold=args.score_threshold,
-            max_boxes=args.max_boxes,
-            merge_threshold=args.merge_threshold,
-            max_detections=args.max_detections,
             max_pixels=args.max_pixels,
             feature_layer=int(layer) if layer.strip().isdigit() else layer,
             feature_size=args.feature_size,
+            **detection_arguments(args),
         )
         if args.version is not None and args.version < 1:
             raise ValueError(f"--version must be a positive int, got {args.version}.")

@@ -20,6 +20,7 @@ except the notebook `detect` / `localize`, which return pixels of the original i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any
 
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.inference import LevelOutput, load_image, object_probabilities, run_levels
+from overfeat_tf.layers import STRIDES
 from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, greedy_merge
 from overfeat_tf.pyramid import Scale, check_scales
 
@@ -68,6 +70,10 @@ class DetectionOptions:
     def __post_init__(self) -> None:
         if self.scales is not None:
             object.__setattr__(self, "scales", check_scales(self.scales))
+        if not isinstance(self.flips, bool):
+            raise ValueError(f"flips must be True or False, got {self.flips!r}.")
+        if self.stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {self.stride!r}.")
         for name in ("top_k", "max_boxes", "max_detections"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -83,6 +89,61 @@ class DetectionOptions:
 
     def replace(self, **changes: Any) -> DetectionOptions:
         return dataclasses.replace(self, **changes)
+
+
+# Fields set by the shared command-line flags (`add_detection_arguments`).
+_CLI_FIELDS = (
+    "flips",
+    "stride",
+    "top_k",
+    "score_threshold",
+    "max_boxes",
+    "merge_threshold",
+    "max_detections",
+)
+
+
+def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line flags of the `DetectionOptions` fields every detection CLI shares
+    (`--flips/--no-flips`, `--stride`, `--top-k`, `--score-threshold`, `--max-boxes`,
+    `--merge-threshold`, `--max-detections`); read them back with `detection_arguments`."""
+    defaults = DetectionOptions()
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.flips,
+        help="also run each scale's left-right flip (default: on)",
+    )
+    parser.add_argument("--stride", choices=STRIDES, default=defaults.stride)
+    parser.add_argument(
+        "--top-k", type=int, default=defaults.top_k, help="classes per scale that predict boxes"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=defaults.score_threshold,
+        help="windows below this class probability predict no box",
+    )
+    parser.add_argument(
+        "--max-boxes", type=int, default=defaults.max_boxes, help="boxes into the merge, at most"
+    )
+    parser.add_argument(
+        "--merge-threshold",
+        type=float,
+        default=defaults.merge_threshold,
+        help="merge threshold t (lower = fewer merges)",
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=int,
+        default=defaults.max_detections,
+        help="detections per image (outputs are padded to this)",
+    )
+
+
+def detection_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The `DetectionOptions` keyword arguments of `add_detection_arguments`' flags."""
+    return {name: getattr(args, name) for name in _CLI_FIELDS}
 
 
 def level_boxes(

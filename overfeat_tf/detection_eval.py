@@ -50,8 +50,10 @@ from overfeat_tf import data, metrics
 from overfeat_tf.detection import (
     COMBINE,
     DetectionOptions,
+    add_detection_arguments,
     combine_boxes,
     dense_boxes,
+    detection_arguments,
     first_box_per_class,
     kept_boxes,
 )
@@ -340,14 +342,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument("--scales", type=parse_scales, default=None, help='e.g. "247,327,439"')
-    p.add_argument("--stride", choices=("fine", "coarse"), default=defaults.stride)
-    p.add_argument("--no-flips", action="store_true", help="do not add the flipped images")
-    p.add_argument("--top-k", type=int, default=defaults.top_k, help="classes per level")
-    p.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
-    p.add_argument("--max-boxes", type=int, default=defaults.max_boxes)
-    p.add_argument("--merge-threshold", type=float, default=defaults.merge_threshold)
+    add_detection_arguments(p)
     p.add_argument("--nms-iou", type=float, default=defaults.nms_iou)
-    p.add_argument("--max-detections", type=int, default=defaults.max_detections)
     p.add_argument("--guesses", type=int, default=GUESSES, help="localization guesses")
     p.add_argument("--iou-threshold", type=float, default=0.5)
     p.add_argument("--markdown", action="store_true", help="print tables instead of JSON")
@@ -356,17 +352,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def options_from_args(args: argparse.Namespace) -> DetectionOptions:
-    return DetectionOptions(
-        scales=args.scales,
-        flips=not args.no_flips,
-        stride=args.stride,
-        top_k=args.top_k,
-        score_threshold=args.score_threshold,
-        max_boxes=args.max_boxes,
-        merge_threshold=args.merge_threshold,
-        max_detections=args.max_detections,
-        nms_iou=args.nms_iou,
-    )
+    return DetectionOptions(scales=args.scales, nms_iou=args.nms_iou, **detection_arguments(args))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

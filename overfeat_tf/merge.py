@@ -234,7 +234,7 @@ def match_score(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
 
 
 def _first_argmin(
-    values: tf.Tensor, iota: tf.Tensor | None = None, big: tf.Tensor | None = None
+    values: tf.Tensor, iota: tf.Tensor, big: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Min over the last axis and the FIRST index attaining it (n if the min is inf).
 
@@ -245,14 +245,10 @@ def _first_argmin(
     caller, since broadcasting binary ops are slow on CPU). [..., n] -> [...], [...] int32.
     """
     shape = tf.shape(values, out_type=tf.int32)
-    n = shape[-1]
-    if iota is None:
-        iota = tf.broadcast_to(tf.range(n), shape)
-        big = tf.fill(shape, n)
     low = tf.reduce_min(values, axis=-1)
     at_low = tf.equal(values, tf.broadcast_to(low[..., tf.newaxis], shape))
     arg = tf.reduce_min(tf.where(at_low, iota, big), axis=-1)
-    return low, tf.where(tf.math.is_inf(low), n, arg)
+    return low, tf.where(tf.math.is_inf(low), shape[-1], arg)
 
 
 def _initial_row_minima(
@@ -399,7 +395,6 @@ def _merge_phase(
     big = tf.fill(shape, n)
     inf = tf.fill(shape, tf.constant(np.inf, dtype))
     inf_l = tf.fill([lanes], tf.constant(np.inf, dtype))
-    n_l = tf.fill([lanes], n)
     fours = tf.fill([lanes], 4)  # the count's index in sums
     # Scatter indices of a slot's 8 entries in d: (k, lane) for k < 8 (slot appended).
     d_index = tf.reshape(tf.stack(tf.meshgrid(tf.range(8), lane, indexing="ij"), -1), [-1, 2])
@@ -408,10 +403,8 @@ def _merge_phase(
     def full(x):  # [L] -> [L, n]
         return tf.broadcast_to(tf.expand_dims(x, 1), shape)
 
-    def first_argmin(values):  # `_first_argmin` of [L, n]
-        low = tf.reduce_min(values, axis=1)
-        arg = tf.reduce_min(tf.where(tf.equal(values, full(low)), iota, big), axis=1)
-        return low, tf.where(tf.math.is_inf(low), n_l, arg)
+    def first_argmin(values):  # [L, n] -> [L], [L]
+        return _first_argmin(values, iota, big)
 
     def write(sums, d, pending):
         """The previous step's changes of slots i and j (deferred, so that every read of

@@ -74,9 +74,8 @@ from overfeat_tf.config import ModelConfig
 from overfeat_tf.detection import DetectionOptions, detect_tensor
 from overfeat_tf.features import feature_model, min_input_size, resize_short_side, resolve_layer
 from overfeat_tf.inference import classify_tensor
-from overfeat_tf.layers import STRIDES
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, jit_compile_default
-from overfeat_tf.pyramid import Scale, check_scales, default_scales
+from overfeat_tf.merge import jit_compile_default
+from overfeat_tf.pyramid import default_scales
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
 TOP_CLASSES = 5
@@ -87,19 +86,12 @@ _TEMP_PREFIX = ".tmp-overfeat-export-"
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    """What the exported signatures do, fixed at export time.
+class ExportOptions(DetectionOptions):
+    """What the exported signatures do, fixed at export time: the `DetectionOptions` of the
+    detection signatures (scales None = the net's defaults, stored resolved in the metadata;
+    `combine` "merge", the paper's greedy merge, unless set), and:
 
     Attributes:
-        scales: pyramid scales (ints = short sides, `(h, w)` pairs; see `pyramid`); None =
-            the net's defaults (stored resolved in the metadata).
-        flips: also run every level's left-right flip.
-        stride: "fine" (all pooling offsets, paper §3.3) or "coarse".
-        top_k: classes per level that predict boxes.
-        score_threshold: windows whose class probability is below this predict no box.
-        max_boxes: at most this many boxes (the most confident) go into the merge.
-        merge_threshold: `t` of the greedy merge (`merge.MERGE_THRESHOLD`).
-        max_detections: N, detections returned per image (padded).
         max_pixels: bound on `height * width` of an input image (checked before decoding).
         feature_layer: the `features` signature's layer: a name ("fc7", "pool5", ...) or
             OverFeat's layer number (`features.layer_names`).
@@ -107,25 +99,12 @@ class ExportOptions:
             net's crop size; 0 = keep the original size.
     """
 
-    scales: tuple[Scale, ...] | None = None
-    flips: bool = True
-    stride: str = "fine"
-    top_k: int = 5
-    score_threshold: float = 0.01
-    max_boxes: int = 4000
-    merge_threshold: float = MERGE_THRESHOLD
-    max_detections: int = DEFAULT_MAX_OUTPUT
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
     feature_layer: str | int = "fc7"
     feature_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scales is not None:
-            object.__setattr__(self, "scales", check_scales(self.scales))
-        if not isinstance(self.flips, bool):
-            raise ValueError(f"flips must be True or False, got {self.flips!r}.")
-        if self.stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES}, got {self.stride!r}.")
+        super().__post_init__()
         if not _positive_int(self.max_pixels):
             raise ValueError(f"max_pixels must be a positive int, got {self.max_pixels!r}.")
         if self.feature_size is not None and not (
@@ -138,23 +117,12 @@ class ExportOptions:
             raise ValueError(
                 f"feature_layer must be a layer name or number, got {self.feature_layer!r}."
             )
-        self.detection_options()  # validates top_k, thresholds, max_boxes, max_detections
 
     def detection_options(self) -> DetectionOptions:
         """The `DetectionOptions` of the detection signatures."""
         return DetectionOptions(
-            scales=self.scales,
-            flips=self.flips,
-            stride=self.stride,
-            top_k=self.top_k,
-            score_threshold=self.score_threshold,
-            max_boxes=self.max_boxes,
-            merge_threshold=self.merge_threshold,
-            max_detections=self.max_detections,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(DetectionOptions)}
         )
-
-    def replace(self, **changes: Any) -> ExportOptions:
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (scales as lists; None kept)."""

@@ -4,7 +4,7 @@ and localization (§4.2).
 Usage:
     python train.py --model fast                   # the paper's run on imagenet2012
     python train.py --model tiny --dataset overfeat_shapes/small --epochs 2 --batch-size 16
-    python train.py --model accurate --strategy mirrored --mixed-precision bfloat16
+    python train.py --model accurate --strategy mirrored --mixed-precision auto
     # spatial stages, each from the previous stage's model (detection-schema datasets):
     python train.py --model tiny --task detect --init-model runs/tiny/model.keras --output runs/det
     python train.py --model tiny --task localize --init-model runs/det/model.keras --output runs/loc
@@ -86,7 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="paper: N(0, 0.01); he_normal: He for every layer but fc8 (small nets learn faster)",
     )
     p.add_argument("--dropout", type=float, default=None, help="default: the model's (0.5)")
-    p.add_argument("--mixed-precision", choices=("bfloat16", "float16"), default=None)
+    p.add_argument(
+        "--mixed-precision",
+        choices=training.MIXED_PRECISION,
+        default=defaults.mixed_precision,
+        help="compute dtype. auto (default): mixed bfloat16 where the CPU / accelerator has "
+        "bf16 matrix units (CPU flags avx512_bf16, amx_bf16; GPUs of compute capability 8.0+; "
+        "TPUs), float32 elsewhere; an explicit choice wins (bfloat16 without bf16 units is "
+        "~5x slower: one warning); float16: GPUs with tensor cores",
+    )
     p.add_argument("--strategy", choices=training.STRATEGIES, default=defaults.strategy)
     p.add_argument("--tpu", default=None, help="TPU name or address (--strategy tpu)")
     p.add_argument("--seed", type=int, default=defaults.seed)

@@ -8,12 +8,18 @@ trains the tiny net on its train split with `overfeat_tf.training` for at most
 `--train-minutes` (15) of wall time, then evaluates the test split with
 `overfeat_tf.evaluation` (single scale coarse / fine, 4 and 6 scales, with flips; the
 central crop and 10-view rows for reference). Prints one JSON object; `--write` also
-replaces the "Classification: tiny on overfeat_shapes" section of BENCHMARKS.md.
+updates the "Classification: tiny on overfeat_shapes" section of BENCHMARKS.md: one row of
+its runs table and one "### <policy> run" subsection per compute policy, replacing those of
+this run's policy and keeping the others (so a float32 and a bf16 run sit side by side,
+each with the CPU it ran on).
 
 The recipe is the paper's except where the flags below change it (all `train.py` flags,
 chosen on the validation split): a 0.5M-parameter net from N(0, 0.01) barely moves in 15
 CPU minutes, so the benchmark uses He init, lr 0.01 with momentum 0.9, batch 32, no
-dropout, bfloat16 compute and a schedule sized to the time budget; crops are taken from
+dropout and a schedule sized to the time budget; the compute dtype follows the hardware
+(`--mixed-precision auto`: mixed bfloat16 where the CPU has bf16 matrix units, float32
+elsewhere; `overfeat_tf.precision`), and `--mixed-precision float32` on any machine is the
+stand-in for a CPU without bf16 units; crops are taken from
 images rescaled to a 231 px short side (the full short side), because the paper's 256
 px rescale lets a 231 crop of a wide image miss the labelled object (label noise that
 halved the accuracy reached in the budget). Evaluation scales: `--scales` (chosen on the
@@ -24,8 +30,10 @@ pyramid (`pyramid.default_scales`, paper Table 5 ratios, up to 2x the crop).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,11 +42,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 
-from benchmarks.common import machine, write_section
-from overfeat_tf import data, evaluation, training
+from benchmarks.common import BENCHMARKS_MD, machine, write_section
+from overfeat_tf import evaluation, precision, tfds_io, training
 from overfeat_tf.pyramid import parse_scales
 
 SECTION = "Classification: tiny on overfeat_shapes"
+TARGET = 10.0  # % multi-scale top-1 error
+POLICIES = tuple(precision.POLICIES.values())
+RUNS_HEADER = (
+    "| compute policy | `--mixed-precision` | CPU (model name; flags) | date | epochs run "
+    "/ steps | training s (limit) | 6-scale fine top-1 error % | <= 10 % target |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default="he_normal", choices=sorted(training.INITS))
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--short-side", type=int, default=231)
-    p.add_argument("--mixed-precision", default="bfloat16", choices=("none", "bfloat16", "float16"))
+    p.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=(*precision.PRECISIONS, "none"),
+        help="auto: bf16 only where the CPU has bf16 units; none = float32",
+    )
     p.add_argument("--scales", default="231,247,263,279,295,311", help="evaluation scales")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-eval", type=int, default=None, help="evaluate N test images only")
@@ -72,7 +92,7 @@ def _load() -> str:
 def run(args: argparse.Namespace) -> dict:
     start_load = _load()
     t0 = time.monotonic()
-    data.load_builder(args.dataset, args.data_dir, splits=("train", "test"))
+    tfds_io.load_builder(args.dataset, args.data_dir, splits=("train", "test"))
     prepare_seconds = time.monotonic() - t0
     output = args.output or tempfile.mkdtemp(prefix="bench_classification_")
     config = training.TrainConfig(
@@ -90,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         init=args.init,
         dropout=args.dropout,
         short_side=args.short_side,
-        mixed_precision=None if args.mixed_precision == "none" else args.mixed_precision,
+        mixed_precision=args.mixed_precision,
         seed=args.seed,
         cache=True,
         time_limit=args.train_minutes * 60,
@@ -111,6 +131,10 @@ def run(args: argparse.Namespace) -> dict:
     )
     return {
         "machine": machine(),
+        "cpu": precision.describe_cpu(),
+        "cpu_has_bf16_units": precision.has_native_bf16(),
+        "policy": precision.resolve_precision(args.mixed_precision),
+        "date": datetime.date.today().isoformat(),
         "nproc": os.cpu_count(),
         "load_average_start": start_load,
         "load_average_end": _load(),
@@ -135,31 +159,51 @@ def _verdict_row(rows: list[dict]) -> dict:
     return next(r for r in rows if r["name"].startswith("6 scales (1-6), fine"))
 
 
-def section(report: dict) -> str:
+def _verdict(error: float) -> str:
+    if error <= TARGET:
+        return "meets"
+    return f"does NOT meet (by {error - TARGET:.2f} points)"
+
+
+def run_row(report: dict) -> str:
+    """The runs-table row of one run (first cell: its Keras policy)."""
     recipe = report["recipe"]
-    command = "python benchmarks/bench_classification.py --write"
+    best = _verdict_row(report["rows"])["top1_error"]
+    stopped = ", stopped by it" if report["stopped_by_time_limit"] else ""
+    return (
+        f"| {report['policy']} | `{recipe['mixed_precision']}` | {report['cpu']} | "
+        f"{report['date']} | {report['epochs_run']}/{recipe['epochs']} / {report['steps']} | "
+        f"{report['train_seconds']} ({recipe['train_minutes']:g} min{stopped}) | {best:.2f} | "
+        f"{_verdict(best)} |"
+    )
+
+
+def run_details(report: dict) -> str:
+    """The `### <policy> run` subsection of one run: times, last epoch, error tables."""
+    recipe = report["recipe"]
     rows = evaluation.format_table(report)
     default_rows = evaluation.format_table({"rows": report["default_scale_rows"]})
     best = _verdict_row(report["rows"])["top1_error"]
-    verdict = "meets" if best <= 10 else "does NOT meet"
     logs = ", ".join(f"{k} {v:.4g}" for k, v in sorted(report["train_logs"].items()))
     stopped = ", stopped by it" if report["stopped_by_time_limit"] else ""
-    return f"""Machine: {report["machine"]} (nproc {report["nproc"]}). Shared: load average
+    stand_in = ""
+    if report["policy"] == "float32" and report["cpu_has_bf16_units"]:
+        stand_in = (
+            "\n\nThis CPU has bf16 matrix units, so `--mixed-precision float32` was forced:\n"
+            "the run is the stand-in for a CPU without bf16 units (where `auto` picks\n"
+            "float32), as issue 14 asks."
+        )
+    return f"""### {report["policy"]} run, {report["date"]}
+
+Machine: {report["machine"]} (nproc {report["nproc"]}).
+CPU: {report["cpu"]}.
+Command: `python benchmarks/bench_classification.py --write --mixed-precision
+{recipe["mixed_precision"]}` -> compute policy {report["policy"]}. Shared: load average
 {report["load_average_start"]} at the start, {report["load_average_end"]} at the end (other
-jobs ran). Command: `{command}` (defaults below).
+jobs ran).{stand_in}
 
-The tiny net (0.5M parameters, 231 px crops) trained on `{report["dataset"]}` (8000 train
-images, 12 classes) with `overfeat_tf.training` and evaluated on its test split
-({report["test_examples"]} images) with `overfeat_tf.evaluation`. Recipe: the paper's
-pipeline and SGD with Torch-style weight decay {recipe["weight_decay"]}, except (flags, chosen
-on the validation split): `--init {recipe["init"]}` (He; fc8 keeps N(0, 0.01)), batch
-{recipe["batch_size"]}, lr {recipe["lr"]}, momentum {recipe["momentum"]}, lr x
-{recipe["lr_decay_factor"]} after epochs {recipe["lr_decay_epochs"]}, dropout
-{recipe["dropout"]}, `--short-side {recipe["short_side"]}` (the paper's 256 lets a 231 crop
-of a wide image miss the labelled object), `--mixed-precision {recipe["mixed_precision"]}`,
-decoded images cached in memory. {report["epochs_run"]} epochs, {report["steps"]} steps.
-
-Wall time: training {report["train_seconds"]} s (limit {recipe["train_minutes"]} min{stopped}),
+{report["epochs_run"]} of {recipe["epochs"]} epochs, {report["steps"]} steps. Wall time:
+training {report["train_seconds"]} s (limit {recipe["train_minutes"]} min{stopped}),
 evaluation {report["eval_seconds"]} s (both tables), dataset generation
 {report["prepare_seconds"]} s (once, before training; 0 when already prepared). Last
 training epoch: {logs}.
@@ -175,9 +219,79 @@ to the crop, up to 2x; mostly larger than the training scale here):
 
 {default_rows}
 
-Multi-scale (6 scales, fine stride, flips) top-1 test error {best:.2f}%: {verdict} the
-<= 10% target.
+Multi-scale (6 scales, fine stride, flips) top-1 test error {best:.2f}%: {_verdict(best)} the
+<= {TARGET:g}% target.
 """
+
+
+def intro(report: dict) -> str:
+    """The part of the section every run shares: what is trained and how."""
+    recipe = report["recipe"]
+    return f"""The tiny net (0.5M parameters, 231 px crops) trained on `{report["dataset"]}`
+(8000 train images, 12 classes) with `overfeat_tf.training` and evaluated on its test split
+({report["test_examples"]} images) with `overfeat_tf.evaluation`. Command:
+`python benchmarks/bench_classification.py --write [--mixed-precision P]`. Recipe: the
+paper's pipeline and SGD with Torch-style weight decay {recipe["weight_decay"]}, except (flags,
+chosen on the validation split): `--init {recipe["init"]}` (He; fc8 keeps N(0, 0.01)), batch
+{recipe["batch_size"]}, lr {recipe["lr"]}, momentum {recipe["momentum"]}, lr x
+{recipe["lr_decay_factor"]} after epochs {recipe["lr_decay_epochs"]}, {recipe["epochs"]} epochs
+at most, dropout {recipe["dropout"]}, `--short-side {recipe["short_side"]}` (the paper's 256
+lets a 231 crop of a wide image miss the labelled object), decoded images cached in memory,
+training stopped after {recipe["train_minutes"]:g} min of wall time. Compute dtype:
+`--mixed-precision auto` (default) picks mixed bfloat16 only on a CPU with bf16 matrix units
+(flags `avx512_bf16` / `amx_bf16`) and float32 elsewhere (`overfeat_tf.precision`);
+`--mixed-precision float32` on any machine stands in for a CPU without bf16 units.
+
+One row per compute policy, each measured by its own run (`--write` replaces its policy's row
+and subsection and keeps the others); CPU flags: AVX2 / AVX-512 (`avx512f`) / AVX-512 BF16
+(`avx512_bf16`) / AMX (`amx_tile`, `amx_bf16`):
+"""
+
+
+def previous_runs(text: str | None = None) -> tuple[dict[str, str], dict[str, str], str]:
+    """The runs rows, `### <policy> run` subsections and notes of the section as written.
+
+    Args:
+        text: BENCHMARKS.md's text (None: read it).
+
+    Returns:
+        `(rows, details, notes)`: rows and subsections keyed by policy, in their order;
+        `notes` is the text between the runs table and the first subsection.
+    """
+    if text is None:
+        text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
+    match = re.search(rf"^## {re.escape(SECTION)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    body = match.group(1) if match else ""
+    head, *subsections = re.split(r"^(?=### )", body, flags=re.M)
+    rows = {}
+    table_end = 0
+    for line in head.splitlines(keepends=True):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in POLICIES:
+            rows[cells[0]] = line.rstrip("\n")
+            table_end = head.index(line) + len(line)
+    notes = head[table_end:].strip() if rows else ""
+    details = {}
+    for sub in subsections:
+        policy = sub.split()[1]
+        if policy in POLICIES:
+            details[policy] = sub.strip()
+    return rows, details, notes
+
+
+def section(report: dict, text: str | None = None) -> str:
+    """The whole section: the shared intro, the runs table (this run's row replacing its
+    policy's, the other policies' rows kept) and one subsection per policy."""
+    rows, details, notes = previous_runs(text)
+    rows[report["policy"]] = run_row(report)
+    details[report["policy"]] = run_details(report).strip()
+    order = list(dict.fromkeys([*rows, *details]))
+    table = "\n".join([RUNS_HEADER, *(rows[p] for p in order if p in rows)])
+    parts = [intro(report).strip(), table]
+    if notes:
+        parts.append(notes)
+    parts.extend(details[p] for p in order if p in details)
+    return "\n\n".join(parts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,11 +1,12 @@
 """Localization and detection: the tiny net trained in three stages, scored on the test split.
 
 Usage:
-    python benchmarks/bench_detection.py [--write] [--stage-minutes 15] [--limit N] ...
+    python benchmarks/bench_detection.py [--write] [--stage-minutes 15] [--max-examples N] ...
     python benchmarks/bench_detection.py --skip-training --model runs/x/model.keras [--write]
     # smoke run (minutes, not a measurement):
     python benchmarks/bench_detection.py --dataset overfeat_shapes/small --stage-minutes 0.5 \
-        --steps-per-epoch 2 --classify-epochs 1 --detect-epochs 1 --localize-epochs 1 --limit 10
+        --steps-per-epoch 2 --classify-epochs 1 --detect-epochs 1 --localize-epochs 1 \
+        --max-examples 10
 
 Prepares `overfeat_shapes/standard` (generated on the spot the first time; timed apart), then
 trains the tiny net with `overfeat_tf.training.train` in the order that keeps every head
@@ -39,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import keras
 
 from benchmarks.common import machine, write_section
-from overfeat_tf import data, detection_eval, training
+from overfeat_tf import detection_eval, precision, tfds_io, training
 from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.models import load_model
+from overfeat_tf.pyramid import parse_scales
 
 SECTION = "Localization and detection"
 STAGES = ("classify", "detect", "localize")
@@ -77,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lr multiplier after 50%%, 75%% and 90%% of each stage's epochs",
     )
     p.add_argument("--init", default="he_normal", choices=sorted(training.INITS))
+    p.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=(*precision.PRECISIONS, "none"),
+        help="training compute dtype; auto: bf16 only where the CPU has bf16 units; none = float32",
+    )
     p.add_argument("--seed", type=int, default=0)
     for stage, epochs, batch, lr in (
         ("classify", 30, 64, 0.02),
@@ -88,9 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{stage}-lr", type=float, default=lr)
     # evaluation
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument(
-        "--scales", type=detection_eval.parse_scales, default=None, help="default: the net's 6"
+        "--max-examples", type=int, default=None, help="evaluate the first N images only"
+    )
+    p.add_argument(
+        "--scales", type=parse_scales, default=None, help="e.g. 247,327,439 (default: the net's)"
     )
     p.add_argument("--max-boxes", type=int, default=DetectionOptions().max_boxes)
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
@@ -132,6 +142,7 @@ def stage_config(
         lr_decay_factor=args.lr_decay_factor,
         weight_decay=args.weight_decay,
         init=args.init,
+        mixed_precision=args.mixed_precision,
         seed=args.seed,
         cache=True,
         time_limit=args.stage_minutes * 60,
@@ -173,17 +184,23 @@ def train_stages(args: argparse.Namespace, output: Path) -> tuple[list[dict[str,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start_load = _load()
     t0 = time.monotonic()
-    data.load_builder(args.dataset, args.data_dir, splits=("train", args.split))
+    tfds_io.load_builder(args.dataset, args.data_dir, splits=("train", args.split))
     prepare_seconds = time.monotonic() - t0
     if args.skip_training:
         stages, model_path = [], args.model
     else:
         output = Path(args.output or tempfile.mkdtemp(prefix="bench_detection_"))
         stages, model_path = train_stages(args, output)
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     options = DetectionOptions(scales=args.scales, max_boxes=args.max_boxes)
     evaluated = detection_eval.evaluate_detection(
-        model, args.dataset, args.split, args.data_dir, options, limit=args.limit, log_every=100
+        model,
+        args.dataset,
+        args.split,
+        args.data_dir,
+        options,
+        max_examples=args.max_examples,
+        progress=True,
     )
     recipe = {
         k: v
@@ -192,6 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "machine": machine(),
+        "cpu": precision.describe_cpu(),
+        "policy": precision.resolve_precision(args.mixed_precision),
         "nproc": os.cpu_count(),
         "load_average_start": start_load,
         "load_average_end": _load(),
@@ -206,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-EVAL_KEYS = ("dataset", "data_dir", "split", "limit", "scales", "max_boxes")
+EVAL_KEYS = ("dataset", "data_dir", "split", "max_examples", "scales", "max_boxes")
 
 
 def _command(report: dict[str, Any]) -> str:
@@ -284,7 +303,7 @@ def section(report: dict[str, Any]) -> str:
         merge["localization_error"] <= LOCALIZATION_TARGET
     )
     map_ok = merge["map"] is not None and merge["map"] >= MAP_TARGET
-    limit = report["recipe"]["limit"]
+    limit = report["recipe"]["max_examples"]
     images = f"the first {limit} images" if limit else "all images"
     if report["stages"]:
         training_text = (
@@ -302,10 +321,16 @@ def section(report: dict[str, Any]) -> str:
                 f'recipe, time and errors are in the section "Classification: tiny on '
                 f'overfeat_shapes").'
             )
+        training_text += (
+            f"\n\nCompute policy of the training stages: {report['policy']} "
+            f"(`--mixed-precision {report['recipe']['mixed_precision']}`; auto: mixed bfloat16 "
+            "only on a CPU with bf16 matrix units, float32 elsewhere)."
+        )
     else:
         training_text = f"Training skipped: evaluated `{report['model_path']}`."
     return f"""Machine: {report["machine"]} (nproc {report["nproc"]}; shared machine: load
 average {report["load_average_start"]} at the start, {report["load_average_end"]} at the end).
+CPU: {report["cpu"]}.
 
 Command: `{_command(report)}`
 
@@ -317,8 +342,8 @@ Evaluation (`overfeat_tf.detection_eval`, {images} of the {report["split"]} spli
   {options["score_threshold"]} (at most {options["max_boxes"]}) combined by the greedy merge
   (t = {options["merge_threshold"]}) and, from the same boxes, by per-class NMS (IoU
   {options["nms_iou"]}); at most {options["max_detections"]} detections per image;
-- AP: COCO's 101-point AP at IoU 0.5 per class (cross-checked against pycocotools in
-  `tests/test_metrics.py`), mAP its mean over the classes present in the split;
+- AP: COCO's 101-point AP at IoU 0.5 per class, computed by pycocotools' COCOeval, mAP its
+  mean over the classes present in the split;
 - localization error: ILSVRC's, 5 guesses (the best box of each of the 5 best classes),
   correct if one has the image's class (its dominant object's) and IoU >= 0.5 with one of
   its boxes of that class;

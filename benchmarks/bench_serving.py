@@ -4,10 +4,12 @@ For one encoded JPEG of a typical size (320x400), in the same process and run:
 - serving: `tf.saved_model.load(export)`'s `serving_default` on the JPEG bytes, end to end
   (header checks, decode, `tf.map_fn` over the batch, pyramid, forward, boxes, merge, top-5,
   class names, padding);
-- forward: in-package `tf.function` of `detection.dense_boxes` on the decoded image (pyramid,
-  model at every scale and flip, box decoding);
-- merge: in-package `tf.function` of the score filter + `merge.greedy_merge` on its boxes;
-- detect: in-package `tf.function` of `detection.detect_tensor` (forward + merge in one graph).
+- forward: in-package `tf.function` of `OverFeatDetector.levels` + `dense_boxes` on the
+  decoded image (pyramid, model at every scale and flip, box decoding, score filter);
+- merge: in-package `tf.function` of the detector's `decode` (its `GreedyMergeDecoder`) on
+  those boxes;
+- detect: in-package `tf.function` of `OverFeatDetector.detect_image` (forward + merge in one
+  graph: what `predict` runs per image).
 Overhead = serving / (forward + merge) - 1. Each is timed after a warm-up, `--repeats`
 times interleaved (the machine is shared), median reported.
 
@@ -35,8 +37,8 @@ import tensorflow as tf
 
 from benchmarks.common import machine, write_section
 from overfeat_tf import image_io, serving
-from overfeat_tf.detection import dense_boxes, detect_tensor
-from overfeat_tf.merge import greedy_merge
+from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat
 from overfeat_tf.pyramid import default_scales, parse_scales
 
@@ -105,30 +107,24 @@ def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[s
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         batch = tf.constant([jpeg])
 
-        forward = tf.function(lambda im: dense_boxes(model, im, detection), reduce_retracing=True)
-        boxes, scores, classes, _ = forward(image)
-        num_boxes = int(tf.reduce_sum(tf.cast(scores >= detection.score_threshold, tf.int32)))
-
-        @tf.function
-        def merge(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> Any:
-            keep = tf.reshape(tf.where(scores >= detection.score_threshold), [-1])
-            k = tf.minimum(tf.size(keep), detection.max_boxes)
-            keep = tf.gather(keep, tf.math.top_k(tf.gather(scores, keep), k=k).indices)
-            return greedy_merge(
-                tf.gather(boxes, keep),
-                tf.gather(scores, keep),
-                tf.gather(classes, keep),
-                threshold=detection.merge_threshold,
-                max_output=detection.max_detections,
-            )
-
-        whole = tf.function(lambda im: detect_tensor(model, im, detection), reduce_retracing=True)
+        detector = OverFeatDetector.from_options(model, detection)
+        forward = tf.function(
+            lambda im: detector.dense_boxes(detector.levels(im)), reduce_retracing=True
+        )
+        boxes, scores, classes, class_scores = forward(image)
+        num_boxes = int(tf.shape(scores)[0])
+        # the served path: the plain-TF merge (what the export traced), in the same graph shape
+        with jit_compile_default(False):
+            merge = tf.function(lambda b, s, c, cs: detector.decode(b, s, c, cs))
+            whole = tf.function(detector.detect_image, reduce_retracing=True)
+            merge(boxes, scores, classes, class_scores)
+            whole(image)
         decode = tf.function(lambda c: image_io.decode_image(c, options.max_pixels))
         times, cpu_times = _interleaved(
             {
                 "serving": lambda: signature(images=batch),
                 "forward": lambda: forward(image),
-                "merge": lambda: merge(boxes, scores, classes),
+                "merge": lambda: merge(boxes, scores, classes, class_scores),
                 "detect_tensor": lambda: whole(image),
                 "decode": lambda: decode(tf.constant(jpeg)),
             },
@@ -154,7 +150,7 @@ def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[s
         "scales": list(scales or default_scales(model.config)),
         "flips": options.flips,
         "stride": options.stride,
-        "boxes_into_merge": min(num_boxes, detection.max_boxes),
+        "boxes_into_merge": num_boxes,
         "export_s": round(export_s, 1),
         "ms": ms,
         "forward_plus_merge_ms": round(in_package, 2),

@@ -5,9 +5,13 @@ detection as a Keras 3 / TensorFlow package.
 """
 
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
+from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import OverFeatDetector, detect, localize
+from overfeat_tf.inference import classify
 from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
-from overfeat_tf.models import OverFeat, build_model
+from overfeat_tf.models import OverFeat, build_model, load_model
 
 __version__ = "0.1.0"
 
@@ -17,12 +21,20 @@ __all__ = [
     "TINY",
     "ConvSpec",
     "DenseOffsetPooling",
+    "DetectionOptions",
+    "GreedyMergeDecoder",
     "MatmulConv2D",
     "MinedDetectionLoss",
     "ModelConfig",
+    "NMSDecoder",
     "OffsetInterleave",
     "OverFeat",
+    "OverFeatDetector",
     "WindowBoxLoss",
     "build_model",
+    "classify",
+    "detect",
     "get_config",
+    "load_model",
+    "localize",
 ]

@@ -31,17 +31,16 @@ From Python:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pathlib
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from overfeat_tf.atomic import atomic_path
 from overfeat_tf.config import CONFIGS, ModelConfig, get_config
 from overfeat_tf.models import PAPER_INITIALIZER, OverFeat
 
@@ -329,23 +328,13 @@ def _check_output(output: str | os.PathLike) -> str:
 
 
 def save_atomic(model: OverFeat, output: str | os.PathLike) -> None:
-    """`model.save(output)` through a temporary file in the same directory + `os.replace`.
+    """`model.save(output)` through `atomic.atomic_path` (a temporary file beside it, then
+    `os.replace`).
 
     A failure leaves nothing behind: neither a partial `output` nor the temporary file.
     """
-    name = _check_output(output)
-    directory = os.path.dirname(os.path.abspath(name))
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(name)}.", suffix=".tmp.keras", dir=directory
-    )
-    os.close(fd)
-    try:
+    with atomic_path(_check_output(output)) as tmp:
         model.save(tmp)
-        os.replace(tmp, name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def convert(

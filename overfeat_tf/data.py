@@ -1,7 +1,7 @@
 """The `tf.data` input pipeline: any TFDS dataset by name -> random crops for training.
 
-    TFDS records (image bytes left encoded)
-      -> decode (skip and count corrupt records)          `decode_example`, `skip_corrupt`
+    TFDS records (image bytes left encoded)                `tfds_io.raw_split`
+      -> decode to RGB (skip and count corrupt records)    `decode_example`, `skip_corrupt`
       -> label: `label` (classification) or the largest box's `objects/label` (detection)
       -> rescale so the short side is 256 px               `rescale_short_side`
       -> random crop of the model's size (231 fast, 221 accurate)   `random_crop`
@@ -25,55 +25,31 @@ one-element inner dataset with `ignore_errors()`, followed by a placeholder flag
 (`skip_corrupt`), so the count is exact, per record, and needs no second pass. Errors of
 the storage layer itself (an unreadable TFRecord file) are not records and still raise.
 
-ImageNet: TFDS' `imagenet2012` needs the ILSVRC2012 tars downloaded by hand; without them
-`load_builder` raises a `ValueError` that says where they go (checked before calling TFDS).
+Decoding and resizing are `overfeat_tf.image_io`'s (`to_rgb`, `resize_short_side`), the
+same as at inference and serving; TFDS builders and raw splits are `overfeat_tf.tfds_io`'s.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from overfeat_tf import image_io
+
+# `as` names: re-exported for callers that import them from here (training.py); their home
+# is `overfeat_tf.tfds_io`.
+from overfeat_tf.tfds_io import example_objects, raw_split
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHORT_SIDE = 256  # paper §3.1: images rescaled so their smallest dimension is 256 px
-IMAGENET = "imagenet2012"
-IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
-GENERATED_DATASET = "overfeat_shapes"  # overfeat_tf.datasets: made by code, no download
 
 Seed = tf.Tensor | None
 
 
 # --- per-example ops -----------------------------------------------------------------------
-
-
-def decode_image(image: tf.Tensor) -> tf.Tensor:
-    """An image as stored -> float32 RGB `[H, W, 3]`, values 0..255.
-
-    Accepts encoded bytes (scalar string: JPEG, PNG, GIF first frame, BMP) or a decoded
-    `[H, W, C]` tensor of any real dtype with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or
-    4 (RGBA). Alpha is dropped, grey is repeated. Integer images are taken as 0..255.
-
-    Raises `InvalidArgumentError` (at run time) for undecodable bytes or an empty image.
-    """
-    image = tf.convert_to_tensor(image)
-    if image.dtype == tf.string:
-        image = tf.io.decode_image(image, channels=3, expand_animations=False)
-    elif image.shape.rank not in (None, 3):
-        raise ValueError(f"Expected an image [H, W, C], got shape {image.shape}.")
-    channels = tf.shape(image)[-1]
-    # grey (1) and grey + alpha (2) -> [0, 0, 0]; RGB / RGBA -> [0, 1, 2]
-    index = tf.where(channels < 3, tf.zeros([3], tf.int32), tf.range(3))
-    image = tf.gather(image, index, axis=-1)
-    image = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
-    tf.debugging.assert_positive(
-        tf.size(image), message="Empty image: the decoded image has no pixels."
-    )
-    return image
 
 
 def _check_side(name: str, value: int) -> None:
@@ -84,20 +60,11 @@ def _check_side(name: str, value: int) -> None:
 def rescale_short_side(image: tf.Tensor, short_side: int = SHORT_SIDE) -> tf.Tensor:
     """Resize `[H, W, 3]` (any real dtype) keeping its aspect so min(H, W) == short_side.
 
-    Bilinear (`tf.image.resize`), antialiased when shrinking; the long side is rounded to
-    the nearest pixel. Output float32 `[H', W', 3]`, values 0..255.
+    `image_io.resize_short_side` (bilinear, antialiased when shrinking; the long side
+    rounded to the nearest pixel). Output float32 `[H', W', 3]`, values 0..255.
     """
     _check_side("short_side", short_side)
-    image = tf.cast(image, tf.float32)
-    size = tf.cast(tf.shape(image)[:2], tf.float32)  # [2] (H, W)
-    scale = short_side / tf.reduce_min(size)
-    new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), short_side)
-    resized = tf.cond(
-        scale < 1.0,  # antialias only when shrinking (it is a no-op, but slower, otherwise)
-        lambda: tf.image.resize(image, new_size, method="bilinear", antialias=True),
-        lambda: tf.image.resize(image, new_size, method="bilinear"),
-    )
-    return tf.clip_by_value(resized, 0.0, 255.0)
+    return image_io.resize_short_side(image, short_side)
 
 
 def random_crop(image: tf.Tensor, size: int, seed: Seed = None) -> tf.Tensor:
@@ -134,16 +101,6 @@ def random_flip(image: tf.Tensor, seed: Seed = None) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed)
 
 
-def _objects(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | None:
-    """(bbox [N, 4], label [N]) of a detection example (nested or flat keys), or None."""
-    objects = example.get("objects")
-    if isinstance(objects, dict) and "bbox" in objects and "label" in objects:
-        return objects["bbox"], objects["label"]
-    if "objects/bbox" in example and "objects/label" in example:
-        return example["objects/bbox"], example["objects/label"]
-    return None
-
-
 def example_label(example: dict[str, Any]) -> tf.Tensor:
     """The class of an example, int64 scalar; -1 when it has none.
 
@@ -153,7 +110,7 @@ def example_label(example: dict[str, Any]) -> tf.Tensor:
     """
     if "label" in example:
         return tf.cast(example["label"], tf.int64)
-    objects = _objects(example)
+    objects = example_objects(example)
     if objects is None:
         raise ValueError(
             "The dataset has neither a `label` feature (classification) nor "
@@ -170,10 +127,14 @@ def example_label(example: dict[str, Any]) -> tf.Tensor:
 
 
 def decode_example(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
-    """A dataset example -> (image float32 `[H, W, 3]` 0..255, label int64 or -1)."""
+    """A dataset example -> (image float32 `[H, W, 3]` 0..255, label int64 or -1).
+
+    The image is encoded bytes or a decoded tensor (`image_io.to_rgb`: grey, alpha,
+    palette, 16-bit and CMYK handled; undecodable bytes raise `InvalidArgumentError`).
+    """
     if "image" not in example:
         raise ValueError(f"The dataset has no `image` feature; its features are {sorted(example)}.")
-    return decode_image(example["image"]), example_label(example)
+    return image_io.to_rgb(example["image"]), example_label(example)
 
 
 def crop_and_flip(image: tf.Tensor, crop_size: int, seed: Seed = None) -> tf.Tensor:
@@ -310,162 +271,7 @@ def skip_corrupt(
     return transform
 
 
-# --- TFDS ----------------------------------------------------------------------------------
-
-
-def _register_generated_datasets() -> None:
-    """Import `overfeat_tf.datasets` so `overfeat_shapes` is known to TFDS by name."""
-    try:
-        import overfeat_tf.datasets  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name != "overfeat_tf.datasets":
-            raise
-
-
-def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """TFDS' data directory: `data_dir`, else `$TFDS_DATA_DIR`, else ~/tensorflow_datasets."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-
-
-def check_imagenet_manual_files(manual_dir: str | os.PathLike, splits: tuple[str, ...]) -> None:
-    """Raise a `ValueError` saying where the ILSVRC2012 tars go if one of `splits` lacks its tar.
-
-    `imagenet2012` cannot be downloaded by TFDS: the tars come from image-net.org after
-    registration and go into TFDS' manual directory.
-    """
-    manual_dir = Path(manual_dir).expanduser()
-    missing = [
-        IMAGENET_TARS[s]
-        for s in splits
-        if s in IMAGENET_TARS and not (manual_dir / IMAGENET_TARS[s]).is_file()
-    ]
-    if missing:
-        raise ValueError(
-            f"imagenet2012 needs a manual download: {', '.join(missing)} not found in "
-            f"{manual_dir}. Register at https://image-net.org/download-images, download "
-            f"{IMAGENET_TARS['train']} and {IMAGENET_TARS['validation']}, and put them in "
-            "~/tensorflow_datasets/downloads/manual/ (that is <data_dir>/downloads/manual/; "
-            "pass --data-dir or set TFDS_DATA_DIR for another data directory). TFDS then "
-            "prepares the dataset on first use (about 150 GB)."
-        )
-
-
-def _base_name(name: str) -> str:
-    return name.split("/")[0].split(":")[0]
-
-
-def load_builder(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    manual_dir: str | os.PathLike | None = None,
-    splits: tuple[str, ...] = ("train", "validation"),
-) -> tfds.core.DatasetBuilder:
-    """A prepared TFDS builder for `name` (e.g. "overfeat_shapes/small", "imagenet2012").
-
-    Prepares the dataset if needed (`download`): generated datasets are made on the spot;
-    `imagenet2012` needs its manual tars in `manual_dir` (default
-    `<data_dir>/downloads/manual`), checked first with a clear `ValueError`.
-    """
-    _register_generated_datasets()
-    data_dir = str(default_data_dir(data_dir))
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    if not download:
-        raise ValueError(
-            f"Dataset {name!r} is not prepared in {data_dir} and download=False; prepare it "
-            f"with `tfds build {name} --data_dir {data_dir}` or allow the download."
-        )
-    manual = Path(manual_dir) if manual_dir else Path(data_dir) / "downloads" / "manual"
-    if _base_name(name) == IMAGENET:
-        check_imagenet_manual_files(manual, splits)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
-    return builder
-
-
-def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
-    """The class names of a TFDS dataset (classification `label` or detection
-    `objects/label`, both `ClassLabel` features)."""
-    features = builder.info.features
-    if "label" in features:
-        feature = features["label"]
-    elif "objects" in features and "label" in features["objects"]:
-        feature = features["objects"]["label"]
-    else:
-        raise ValueError(
-            f"Dataset {builder.name!r} has no `label` or `objects/label` ClassLabel feature."
-        )
-    if not isinstance(feature, tfds.features.ClassLabel):
-        raise ValueError(f"The label of {builder.name!r} is not a ClassLabel: {feature!r}.")
-    return list(feature.names)
-
-
-def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    """Number of examples in a split (as TFDS counts them, corrupt ones included)."""
-    return int(builder.info.splits[split].num_examples)
-
-
-def _keep_features(example: dict[str, Any]) -> dict[str, Any]:
-    """Only the features the pipeline reads (image, label / objects' bbox and label)."""
-    kept = {"image": example["image"]}
-    if "label" in example:
-        kept["label"] = example["label"]
-    objects = _objects(example)
-    if objects is not None:
-        kept["objects"] = {"bbox": objects[0], "label": objects[1]}
-    return kept
-
-
-def _shard_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Turn off `tf.distribute`'s auto-sharding (the pipeline is sharded already)."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)
-
-
-def raw_split(
-    name_or_dataset: str | tf.data.Dataset,
-    split: str,
-    data_dir: str | os.PathLike | None = None,
-    shuffle_files: bool = False,
-    seed: int | None = None,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Examples of a split with the image left encoded: dicts with `image` (string) and
-    `label` and/or `objects`. A `tf.data.Dataset` of such dicts passes through.
-
-    With an `input_context` of several input pipelines (multi-worker training), this
-    pipeline's share: whole TFRecord files when the split has at least one file per
-    pipeline (TFDS `ReadConfig(input_context=...)`), else every n-th record (records are
-    read by every pipeline but decoded by one). Auto-sharding is then turned off.
-    """
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    if isinstance(name_or_dataset, tf.data.Dataset):
-        dataset = name_or_dataset
-        if pipelines > 1:
-            dataset = _shard_options(dataset.shard(pipelines, input_context.input_pipeline_id))
-        return dataset.map(_keep_features)
-    builder = load_builder(name_or_dataset, data_dir, splits=(split,))
-    by_file = pipelines > 1 and builder.info.splits[split].num_shards >= pipelines
-    read_config = tfds.ReadConfig(
-        shuffle_seed=seed, try_autocache=False, input_context=input_context if by_file else None
-    )
-    dataset = builder.as_dataset(
-        split=split,
-        shuffle_files=shuffle_files,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=read_config,
-    )
-    if pipelines > 1 and not by_file:
-        dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
-    if pipelines > 1:
-        dataset = _shard_options(dataset)
-    return dataset.map(_keep_features)
+# --- datasets ------------------------------------------------------------------------------
 
 
 def decoded_split(
@@ -487,6 +293,35 @@ def _rescaled_uint8(short_side: int) -> Callable[[tf.Tensor, tf.Tensor], tuple]:
         return tf.cast(tf.round(resized), tf.uint8), label
 
     return rescale
+
+
+def _crops(
+    dataset: tf.data.Dataset,
+    crop_size: int,
+    short_side: int,
+    training: bool,
+    cache: bool,
+    seed: int,
+) -> tf.data.Dataset:
+    """(image, label) -> (crop float32 `[S, S, 3]`, label int32): random crop and flip, one
+    seed per example (`training`), else the central crop. `cache`: images already rescaled."""
+    if not training:
+
+        def central(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return eval_crop(image, crop_size, short_side), tf.cast(label, tf.int32)
+
+        return dataset.map(central, num_parallel_calls=AUTOTUNE)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+
+    def augment(example: tuple[tf.Tensor, tf.Tensor], seed_: tf.Tensor) -> tuple:
+        image, label = example
+        if cache:  # already rescaled (uint8)
+            image = crop_and_flip(tf.cast(image, tf.float32), crop_size, seed_)
+        else:
+            image = train_crop(image, crop_size, seed_, short_side)
+        return image, tf.cast(label, tf.int32)
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(augment, num_parallel_calls=AUTOTUNE)
 
 
 def training_dataset(
@@ -559,24 +394,6 @@ def training_dataset(
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat and (cache or not training):
         dataset = dataset.repeat()
-    if training:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        dataset = tf.data.Dataset.zip((dataset, seeds))
-
-        def augment(example: tuple[tf.Tensor, tf.Tensor], seed_: tf.Tensor) -> tuple:
-            image, label = example
-            if cache:  # already rescaled (uint8)
-                image = crop_and_flip(tf.cast(image, tf.float32), crop_size, seed_)
-            else:
-                image = train_crop(image, crop_size, seed_, short_side)
-            return image, tf.cast(label, tf.int32)
-
-        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
-    else:
-
-        def central(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return eval_crop(image, crop_size, short_side), tf.cast(label, tf.int32)
-
-        dataset = dataset.map(central, num_parallel_calls=AUTOTUNE)
+    dataset = _crops(dataset, crop_size, short_side, training, cache, seed)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(AUTOTUNE)

@@ -1,22 +1,24 @@
 """Localization and detection evaluation (paper §4.4, §5) on a TFDS detection split.
 
-For every image, one traced `tf.function` (`DetectionEvaluator`) runs the model over the
-pyramid once (`detection.dense_boxes`: every window of the top-k classes of every scale and
-flip predicts a box) and combines the *same* dense boxes two ways:
+For every image, one traced `tf.function` (`DetectionEvaluator`) runs the detector's own
+stages (`detector.OverFeatDetector`: `levels` -> `dense_boxes`: every window of the top-k
+classes of every scale and flip predicts a box) once and decodes the *same* dense boxes two
+ways, with the detector's `decode`:
 
-- `merge`: the paper's greedy merge (§4.3, `merge.greedy_merge`), as `detection.detect`;
-- `nms`: per-class `tf.image.non_max_suppression` (`detection.class_nms`), the usual
+- `merge`: the paper's greedy merge (§4.3, `decoders.GreedyMergeDecoder`), what
+  `detector.predict` and the export answer;
+- `nms`: per-class `tf.image.non_max_suppression` (`decoders.NMSDecoder`), the usual
   alternative the paper compares against ("more robust to false positives ... than
   traditional non-maximum suppression").
 
 From each of the two it scores, over the split (`overfeat_tf.metrics`):
 
 - detection: AP@`iou_threshold` per class and their mean (mAP, over the classes with ground
-  truth), COCO's definition, every detection of every image kept (up to
-  `options.max_detections` per image);
+  truth), COCO's definition, computed by pycocotools' COCOeval; every detection of every
+  image kept (up to `options.max_detections` per image);
 - localization: the ILSVRC error with `guesses` (5) guesses per image: the best box of each
-  of the best classes of the detections (`detection.first_box_per_class`, as
-  `detection.localize`, with `top_k = guesses` classes per level); correct if one guess has
+  of the best classes of the detections (`detector.first_box_per_class`, as
+  `detector.localize`, with `top_k = guesses` classes per level); correct if one guess has
   the image's class (`label`, or the largest object's class for datasets without one:
   `data.example_label`) and IoU >= 0.5 with one of its boxes of that class;
 
@@ -27,17 +29,15 @@ All boxes are normalized yxyx of the original image, ground truth (TFDS `objects
 detections alike. Errors are percentages of the labelled images evaluated; APs are in
 [0, 1].
 
-Command (prints the result as JSON; `--markdown` for tables):
-    python -m overfeat_tf.detection_eval --model runs/detect/model.keras \
-        --dataset overfeat_shapes/standard --split test [--limit N] [--scales 247,327,439]
+Command (prints tables; `--format json` for one JSON object):
+    python -m overfeat_tf.detection_eval --model runs/tiny/localize/model.keras \
+        --dataset overfeat_shapes/standard --split test [--max-examples N] [--scales 247,327]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,18 +46,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import data, metrics
-from overfeat_tf.detection import (
-    COMBINE,
-    DetectionOptions,
-    add_detection_arguments,
-    combine_boxes,
-    dense_boxes,
-    detection_arguments,
-    first_box_per_class,
-    kept_boxes,
-)
-from overfeat_tf.pyramid import default_scales, parse_scales
+from overfeat_tf import cli, data, metrics, tfds_io
+from overfeat_tf.decoders import COMBINE, GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import OverFeatDetector, class_names, first_box_per_class
+from overfeat_tf.models import load_model
+from overfeat_tf.pyramid import default_scales
 from overfeat_tf.spatial_training import decode_detection_example
 
 GUESSES = 5  # ILSVRC localization: 5 (class, box) guesses per image
@@ -66,32 +60,34 @@ _FIELDS = ("boxes", "scores", "classes", "num")
 
 # --- per image, in TF ops ----------------------------------------------------------------------
 def detect_both(
-    model: keras.Model, image: tf.Tensor, options: DetectionOptions, guesses: int = GUESSES
+    detector: OverFeatDetector, image: tf.Tensor, nms_iou: float, guesses: int = GUESSES
 ) -> dict[str, tf.Tensor]:
     """Detections of one image `[H, W, 3]` (RGB 0..255) merged and NMS-ed from the same
-    dense boxes (TF ops, graph-safe).
+    dense boxes (TF ops, graph-safe): one pyramid + backbone run, the detector's decode.
 
     Returns a flat dict: `"{combine}/{field}"` for combine in ("merge", "nms") and field in
     ("boxes" `[D, 4]` normalized yxyx, "scores" `[D]`, "classes" `[D]` int32, "num" `[]`
-    valid rows), the same under `"localize/{combine}/..."` when `options.top_k != guesses`
-    (localization then needs its own `top_k = guesses` pass), and `"class_scores"` `[C]`.
+    valid rows), the same under `"localize/{combine}/..."` when `detector.top_k != guesses`
+    (localization keeps `top_k = guesses` classes per level), and `"class_scores"` `[C]`.
     """
-    outputs: dict[str, tf.Tensor] = {}
-    boxes, scores, classes, class_scores = dense_boxes(model, image, options)
-    passes = [("", (boxes, scores, classes))]
-    if options.top_k != guesses:
-        loc_boxes, loc_scores, loc_classes, _ = dense_boxes(
-            model, image, options.replace(top_k=guesses)
-        )
-        passes.append(("localize/", (loc_boxes, loc_scores, loc_classes)))
-    for prefix, dense in passes:
-        kept = kept_boxes(*dense, options)
+    d = detector.max_detections
+    decoders = {
+        "merge": GreedyMergeDecoder(detector.options.merge_threshold, d),
+        "nms": NMSDecoder(nms_iou, d),
+    }
+    levels = detector.levels(tf.cast(image, tf.float32))
+    dense = detector.dense_boxes(levels)
+    passes = [("", dense)]
+    if detector.top_k != guesses:
+        passes.append(("localize/", detector.dense_boxes(levels, top_k=guesses)))
+    outputs: dict[str, tf.Tensor] = {"class_scores": dense[3]}
+    for prefix, boxes in passes:
         for combine in COMBINE:
-            result = combine_boxes(*kept, options, combine)
-            values = (result.boxes, result.scores, result.classes, result.num_merged)
-            for field, value in zip(_FIELDS, values, strict=True):
-                outputs[f"{prefix}{combine}/{field}"] = value
-    outputs["class_scores"] = class_scores
+            out = detector.decode(*boxes, decoder=decoders[combine])
+            outputs[f"{prefix}{combine}/boxes"] = out["detection_boxes"]
+            outputs[f"{prefix}{combine}/scores"] = out["detection_scores"]
+            outputs[f"{prefix}{combine}/classes"] = out["detection_classes"]
+            outputs[f"{prefix}{combine}/num"] = out["num_detections"]
     return outputs
 
 
@@ -99,9 +95,10 @@ class DetectionEvaluator:
     """One compiled per-image function for a model and options (any image size).
 
     Args:
-        model: an `OverFeat` model (with a regressor for real boxes; without one, every
-            window is its own box).
-        options: `DetectionOptions` (its `combine` is ignored: both are computed).
+        model: an `OverFeatDetector` or an `OverFeat` network (with a regressor for real
+            boxes; without one, every window is its own box).
+        options: `DetectionOptions` (default: a detector's own, else the defaults); its
+            `combine` is ignored: both are computed.
         guesses: localization guesses per image (ILSVRC: 5).
     """
 
@@ -113,11 +110,13 @@ class DetectionEvaluator:
     ) -> None:
         if not isinstance(guesses, int) or guesses < 1:
             raise ValueError(f"guesses must be a positive int, got {guesses!r}.")
-        self.model = model
-        self.options = options or DetectionOptions()
+        if options is None:
+            options = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
+        self.options = options
+        self.detector = OverFeatDetector.from_options(model, options)
         self.guesses = guesses
         self._detect = tf.function(
-            lambda image: detect_both(model, image, self.options, guesses),
+            lambda image: detect_both(self.detector, image, options.nms_iou, guesses),
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
             reduce_retracing=True,
         )
@@ -125,7 +124,7 @@ class DetectionEvaluator:
     def __call__(self, image: Any) -> dict[str, Any]:
         """One image `[H, W, 3]` (0..255) -> `{"merge": ..., "nms": ...,
         "localize": {"merge": ..., "nms": ...}, "class_scores": [C]}`; each detection set is
-        `{"boxes" [n, 4] normalized yxyx, "scores" [n], "class_ids" [n]}`, best first."""
+        `{"boxes" [n, 4] normalized yxyx, "scores" [n], "classes" [n]}`, best first."""
         out = {k: v.numpy() for k, v in self._detect(tf.cast(image, tf.float32)).items()}
 
         def found(prefix: str) -> dict[str, np.ndarray]:
@@ -133,7 +132,7 @@ class DetectionEvaluator:
             return {
                 "boxes": out[f"{prefix}boxes"][:n],
                 "scores": out[f"{prefix}scores"][:n],
-                "class_ids": out[f"{prefix}classes"][:n],
+                "classes": out[f"{prefix}classes"][:n],
             }
 
         result: dict[str, Any] = {c: found(f"{c}/") for c in COMBINE}
@@ -160,7 +159,7 @@ def detection_split(
     """(image float32 `[H, W, 3]` 0..255, boxes `[n, 4]` normalized yxyx, labels `[n]` int32,
     image label int64 (-1: none)) of a detection split, in order; corrupt records dropped
     and counted."""
-    examples = data.raw_split(dataset, split, data_dir)
+    examples = tfds_io.raw_split(dataset, split, data_dir)
     return examples.apply(data.skip_corrupt(_decode, counter))
 
 
@@ -168,19 +167,11 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def _options_dict(options: DetectionOptions, model: keras.Model) -> dict[str, Any]:
-    scales = options.scales if options.scales is not None else default_scales(model.config)
-    return {
-        "scales": [list(s) if isinstance(s, tuple) else s for s in scales],
-        "flips": options.flips,
-        "stride": options.stride,
-        "top_k": options.top_k,
-        "score_threshold": options.score_threshold,
-        "max_boxes": options.max_boxes,
-        "merge_threshold": options.merge_threshold,
-        "max_detections": options.max_detections,
-        "nms_iou": options.nms_iou,
-    }
+def _options_dict(options: DetectionOptions, detector: OverFeatDetector) -> dict[str, Any]:
+    scales = options.scales or default_scales(detector.backbone.config)
+    values = options.replace(scales=scales).to_dict()
+    values.pop("combine")  # both are evaluated
+    return values
 
 
 def evaluate_detection(
@@ -191,23 +182,23 @@ def evaluate_detection(
     options: DetectionOptions | None = None,
     guesses: int = GUESSES,
     iou_threshold: float = 0.5,
-    limit: int | None = None,
-    log_every: int = 0,
+    max_examples: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Localization error, AP / mAP (merge vs NMS) and classification errors on a split.
 
     Args:
-        model: an `OverFeat` model whose classes are the dataset's.
+        model: an `OverFeatDetector` or `OverFeat` network whose classes are the dataset's.
         dataset: a TFDS name with the detection schema (e.g. "overfeat_shapes/standard") or
             a `tf.data.Dataset` of example dicts (`image`, `objects/bbox` normalized yxyx,
             `objects/label`, optional `label`).
         split: the split to evaluate.
         data_dir: TFDS data directory.
-        options: `DetectionOptions` (scales, flips, stride, top_k, thresholds ...).
+        options: `DetectionOptions` (default: a detector's own, else the defaults).
         guesses: localization guesses per image (ILSVRC: 5).
         iou_threshold: IoU of a correct detection / localization (0.5).
-        limit: evaluate only the first `limit` images.
-        log_every: print progress to stderr every that many images (0: never).
+        max_examples: evaluate only the first `max_examples` images.
+        progress: show a progress bar over the images on stderr.
 
     Returns:
         A JSON-able dict: `examples`, `labelled_examples`, `objects`, `corrupt_records`,
@@ -217,87 +208,109 @@ def evaluate_detection(
         and "nms": `map` (mAP@iou, None if no ground truth), `ap` (per class, None for
         classes without ground truth), `localization_error` (%), `detections_per_image`.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}.")
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1, got {max_examples}.")
     evaluator = DetectionEvaluator(model, options, guesses)
-    num_classes = model.num_classes
-    accumulators = {c: metrics.DetectionAccumulator(num_classes) for c in COMBINE}
-    loc_guesses: dict[str, list[metrics.Guesses]] = {c: [] for c in COMBINE}
-    loc_truth: list[metrics.GroundTruth] = []
-    num_detections = dict.fromkeys(COMBINE, 0)
-    top1 = top5 = count = objects = 0
-    first_image_seconds = 0.0
+    tally = _Tally(evaluator.detector.num_classes)
     counter = data.CorruptRecordCounter()
     images = detection_split(dataset, split, data_dir, counter)
-    if limit is not None:
-        images = images.take(limit)
+    if max_examples is not None:
+        images = images.take(max_examples)
+    bar = cli.progress_bar(images, max_examples, "images") if progress else None
     start = time.monotonic()
+    first_image_seconds = 0.0
     for image, gt_boxes, gt_labels, label in images.prefetch(data.AUTOTUNE):
-        gt_boxes, gt_labels, label = gt_boxes.numpy(), gt_labels.numpy(), int(label)
-        if max(label, *gt_labels.tolist(), 0) >= num_classes:
-            raise ValueError(
-                f"Label {max(label, *gt_labels.tolist())} is outside the model's {num_classes} "
-                "classes: evaluate on the dataset the model was trained on."
-            )
+        tally.check_labels(gt_labels.numpy(), int(label))
         out = evaluator(image)
-        if count == 0:
+        if tally.count == 0:
             first_image_seconds = time.monotonic() - start
-        for c in COMBINE:
-            det = out[c]
-            accumulators[c].add_image(
-                det["boxes"], det["scores"], det["class_ids"], gt_boxes, gt_labels
-            )
-            num_detections[c] += len(det["scores"])
-        if label >= 0:
-            for c in COMBINE:
-                loc = out["localize"][c]
-                loc_guesses[c].append(metrics.Guesses(loc["class_ids"], loc["boxes"]))
-            loc_truth.append(metrics.GroundTruth(label, gt_boxes, gt_labels))
-            order = np.argsort(-out["class_scores"], kind="stable")
-            top1 += int(order[0] == label)
-            top5 += int(label in order[:5])
-        count += 1
-        objects += len(gt_labels)
-        if log_every and count % log_every == 0:
-            rate = count / (time.monotonic() - start)
-            print(f"{count} images, {rate:.2f} images/s", file=sys.stderr, flush=True)
+        tally.add(out, gt_boxes.numpy(), gt_labels.numpy(), int(label))
+        if bar is not None:
+            bar.update(tally.count)
     seconds = time.monotonic() - start
-    if count == 0:
+    if tally.count == 0:
         raise ValueError(f"No examples were evaluated in split {split!r}.")
-    labelled = len(loc_truth)
+    count = tally.count
     result: dict[str, Any] = {
         "examples": count,
-        "labelled_examples": labelled,
-        "objects": objects,
+        "labelled_examples": len(tally.loc_truth),
+        "objects": tally.objects,
         "corrupt_records": counter.value(),
         "seconds": seconds,
         "first_image_seconds": first_image_seconds,
         "seconds_per_image": (
             (seconds - first_image_seconds) / (count - 1) if count > 1 else seconds
         ),
-        "options": _options_dict(evaluator.options, model),
+        "options": _options_dict(evaluator.options, evaluator.detector),
         "guesses": guesses,
         "iou_threshold": iou_threshold,
-        "class_names": list(model.class_names or [str(i) for i in range(num_classes)]),
-        "classification": {
-            "top1_error": 100.0 * (1 - top1 / labelled) if labelled else None,
-            "top5_error": 100.0 * (1 - top5 / labelled) if labelled else None,
-        },
+        "class_names": class_names(evaluator.detector),
     }
-    for c in COMBINE:
-        ap = accumulators[c].average_precision(iou_threshold)
-        error = (
-            metrics.localization_error(loc_guesses[c], loc_truth, iou_threshold, guesses)
-            if labelled
-            else float("nan")
-        )
-        result[c] = {
-            "map": _json_float(metrics.mean_average_precision(ap)),
-            "ap": [_json_float(v) for v in ap],
-            "localization_error": _json_float(100.0 * error),
-            "detections_per_image": num_detections[c] / count,
+    return {**result, **tally.scores(iou_threshold, guesses)}
+
+
+class _Tally:
+    """What `evaluate_detection` accumulates over the images (detections, localization
+    guesses, classification hits) and the scores it gives at the end."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.accumulators = {c: metrics.DetectionAccumulator(num_classes) for c in COMBINE}
+        self.loc_guesses: dict[str, list[metrics.Guesses]] = {c: [] for c in COMBINE}
+        self.loc_truth: list[metrics.GroundTruth] = []
+        self.num_detections = dict.fromkeys(COMBINE, 0)
+        self.top1 = self.top5 = self.count = self.objects = 0
+
+    def check_labels(self, gt_labels: np.ndarray, label: int) -> None:
+        largest = max(label, *gt_labels.tolist(), 0)
+        if largest >= self.num_classes:
+            raise ValueError(
+                f"Label {largest} is outside the model's {self.num_classes} classes: evaluate "
+                "on the dataset the model was trained on."
+            )
+
+    def add(self, out: dict, gt_boxes: np.ndarray, gt_labels: np.ndarray, label: int) -> None:
+        for c in COMBINE:
+            det = out[c]
+            self.accumulators[c].add_image(
+                det["boxes"], det["scores"], det["classes"], gt_boxes, gt_labels
+            )
+            self.num_detections[c] += len(det["scores"])
+        if label >= 0:
+            for c in COMBINE:
+                loc = out["localize"][c]
+                self.loc_guesses[c].append(metrics.Guesses(loc["classes"], loc["boxes"]))
+            self.loc_truth.append(metrics.GroundTruth(label, gt_boxes, gt_labels))
+            order = np.argsort(-out["class_scores"], kind="stable")
+            self.top1 += int(order[0] == label)
+            self.top5 += int(label in order[:5])
+        self.count += 1
+        self.objects += len(gt_labels)
+
+    def scores(self, iou_threshold: float, guesses: int) -> dict[str, Any]:
+        labelled = len(self.loc_truth)
+        result: dict[str, Any] = {
+            "classification": {
+                "top1_error": 100.0 * (1 - self.top1 / labelled) if labelled else None,
+                "top5_error": 100.0 * (1 - self.top5 / labelled) if labelled else None,
+            }
         }
-    return result
+        for c in COMBINE:
+            ap = self.accumulators[c].average_precision(iou_threshold)
+            error = (
+                metrics.localization_error(
+                    self.loc_guesses[c], self.loc_truth, iou_threshold, guesses
+                )
+                if labelled
+                else float("nan")
+            )
+            result[c] = {
+                "map": _json_float(metrics.mean_average_precision(ap)),
+                "ap": [_json_float(v) for v in ap],
+                "localization_error": _json_float(100.0 * error),
+                "detections_per_image": self.num_detections[c] / self.count,
+            }
+        return result
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -332,52 +345,39 @@ def format_report(result: dict[str, Any]) -> str:
 
 # --- command line ----------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = DetectionOptions()
-    p = argparse.ArgumentParser(
-        description="Localization error and detection mAP (merge vs NMS) on a TFDS split."
+    p = cli.command_parser(
+        "python -m overfeat_tf.detection_eval",
+        "Localization error and detection mAP (merge vs NMS) on a TFDS split. A detector "
+        "model is evaluated with its own options unless flags change them.",
     )
-    p.add_argument("--model", required=True, help="a .keras model (with a regressor)")
-    p.add_argument("--dataset", required=True, help="TFDS name, e.g. overfeat_shapes/standard")
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--scales", type=parse_scales, default=None, help='e.g. "247,327,439"')
-    add_detection_arguments(p)
-    p.add_argument("--nms-iou", type=float, default=defaults.nms_iou)
+    cli.add_dataset_arguments(p)
+    cli.add_option_arguments(p.add_argument_group("detection options"), DetectionOptions)
     p.add_argument("--guesses", type=int, default=GUESSES, help="localization guesses")
     p.add_argument("--iou-threshold", type=float, default=0.5)
-    p.add_argument("--markdown", action="store_true", help="print tables instead of JSON")
-    p.add_argument("--log-every", type=int, default=0, help="progress on stderr every N images")
+    cli.add_format_argument(p)
     return p.parse_args(argv)
-
-
-def options_from_args(args: argparse.Namespace) -> DetectionOptions:
-    return DetectionOptions(scales=args.scales, nms_iou=args.nms_iou, **detection_arguments(args))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import overfeat_tf  # noqa: F401  (registers the custom layers for load_model)
-
-    model = keras.models.load_model(args.model)
+    model = load_model(args.model)
+    base = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
     result = evaluate_detection(
         model,
         args.dataset,
         args.split,
         args.data_dir,
-        options_from_args(args),
+        cli.options_from_args(args, DetectionOptions, base),
         guesses=args.guesses,
         iou_threshold=args.iou_threshold,
-        limit=args.limit,
-        log_every=args.log_every,
+        max_examples=args.max_examples,
+        progress=args.format == "text",
     )
     result = {"model": args.model, "dataset": args.dataset, "split": args.split, **result}
-    print(format_report(result) if args.markdown else json.dumps(result))
+    cli.print_result(result, args.format, format_report)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    cli.quiet_tensorflow()
+    cli.run(main)

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,9 +37,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import data
-from overfeat_tf.inference import run_levels, spatial_model
-from overfeat_tf.pyramid import Scale, check_scales, default_scales, parse_scales
+from overfeat_tf import cli, data
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.inference import (
+    level_probabilities,
+    object_probabilities,
+    run_levels,
+    spatial_max,
+    spatial_model,
+)
+from overfeat_tf.models import backbone_of, load_model
+from overfeat_tf.pyramid import Scale, check_scales, default_scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +101,8 @@ class Evaluator:
     """Scores images for every row at once (one dense run per scale and flip).
 
     Args:
-        model: an `OverFeat` model.
+        model: an `OverFeat` network or an `OverFeatDetector` (its backbone is scored; a
+            background class, if any, is left out of the class scores).
         scales: the scale list ("scale i" of the rows); the net's defaults if None.
         rows: the configurations to score.
     """
@@ -106,6 +113,7 @@ class Evaluator:
         scales: Sequence[Scale] | None = None,
         rows: Sequence[Row] = TABLE2_ROWS,
     ) -> None:
+        model = backbone_of(model)
         self.model = model
         self.scales = check_scales(default_scales(model.config) if scales is None else scales)
         self.rows = rows_for(len(self.scales), rows)
@@ -119,20 +127,20 @@ class Evaluator:
     def _dense_vectors(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Spatial-max class probabilities per scale and flip, fine and coarse: 2x `[L, 2, C]`."""
         k = self.model.config.pool_size
+        num_classes = self.model.num_classes
         fine, coarse = [], []
         for output in run_levels(self.model, image, self.scales, flips=True, stride="fine"):
-            probs = tf.nn.softmax(output.outputs["class_logits"], axis=-1)  # [2, h', w', C]
-            fine.append(tf.reduce_max(probs, axis=[1, 2]))
-            coarse.append(tf.reduce_max(probs[:, ::k, ::k, :], axis=[1, 2]))
+            probs = level_probabilities(output, num_classes)  # [2, h', w', C]
+            fine.append(spatial_max(probs))
+            coarse.append(spatial_max(probs[:, ::k, ::k, :]))
         return tf.stack(fine), tf.stack(coarse)
 
     def _score_image(self, image: tf.Tensor) -> tf.Tensor:
         """`[H, W, 3]` -> class scores `[R, C]`, one row per configuration."""
         fine, coarse = self._dense_vectors(image)
         crops = ten_crops(image, self.model.config.crop_size)
-        crop_probs = tf.nn.softmax(
-            tf.cast(self.crop_net(crops, training=False)["class_logits"][:, 0, 0], tf.float32)
-        )  # [10, C]
+        crop_logits = self.crop_net(crops, training=False)["class_logits"][:, 0, 0]
+        crop_probs = object_probabilities(crop_logits, self.model.num_classes)  # [10, C]
         scores = []
         for row in self.rows:
             if row.views == "crop":
@@ -159,27 +167,32 @@ def evaluate(
     scales: Sequence[Scale] | None = None,
     rows: Sequence[Row] = TABLE2_ROWS,
     max_examples: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Top-1 / top-5 error (%) of `model` on a split for every row.
 
     Args:
-        model: an `OverFeat` model (its classes must be the dataset's).
+        model: an `OverFeat` network or `OverFeatDetector` (its classes must be the
+            dataset's).
         dataset: TFDS name or a `tf.data.Dataset` of example dicts.
         split: the split to evaluate.
         data_dir: TFDS data directory.
         scales: the scale list (default: the net's).
         rows: the configurations.
         max_examples: evaluate only the first N examples.
+        progress: show a progress bar over the images.
 
     Returns:
         `{"examples", "corrupt_records", "scales", "seconds", "rows": [{"name",
         "top1_error", "top5_error"}]}`.
     """
     evaluator = Evaluator(model, scales, rows)
+    model = evaluator.model
     counter = data.CorruptRecordCounter()
     images = data.decoded_split(dataset, split, data_dir, counter)
     if max_examples is not None:
         images = images.take(max_examples)
+    bar = cli.progress_bar(images, max_examples, "images") if progress else None
     start = time.monotonic()
     num_rows = len(evaluator.rows)
     top1 = np.zeros(num_rows, np.int64)
@@ -187,8 +200,6 @@ def evaluate(
     count = 0
     for image, label in images.prefetch(data.AUTOTUNE):
         scores = evaluator.score(image)  # [R, C]
-        if scores.shape[-1] != model.num_classes:
-            raise ValueError("model output width does not match its num_classes.")
         label = int(label)
         if label >= model.num_classes:
             raise ValueError(
@@ -199,6 +210,8 @@ def evaluate(
         top1 += order[:, 0] == label
         top5 += (order[:, :5] == label).any(axis=-1)
         count += 1
+        if bar is not None:
+            bar.update(count)
     if count == 0:
         raise ValueError(f"No examples were evaluated in split {split!r}.")
     return {
@@ -225,41 +238,42 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Multi-scale classification evaluation (Table 2).")
-    p.add_argument("--model", required=True, help="a .keras file written by train.py")
-    p.add_argument("--dataset", required=True, help="TFDS name, e.g. overfeat_shapes/standard")
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument(
-        "--scales", type=parse_scales, default=None, help='e.g. "247,279,327" or "245x245,281x317"'
+def format_report(result: dict[str, Any]) -> str:
+    """A heading line and the table."""
+    return (
+        f"{result['examples']} images, scales {result['scales']}, {result['seconds']:.0f} s\n"
+        + format_table(result)
     )
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.command_parser(
+        "python -m overfeat_tf.evaluation",
+        "Multi-scale classification evaluation (paper Table 2) of any overfeat_tf model "
+        "(classify, detect or localize).",
+    )
+    cli.add_dataset_arguments(p)
+    cli.add_option_arguments(p, DetectionOptions, fields=["scales"])
+    cli.add_format_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import overfeat_tf  # noqa: F401  (registers the custom layers for load_model)
-
-    model = keras.models.load_model(args.model)
+    model = load_model(args.model)
     result = evaluate(
-        model, args.dataset, args.split, args.data_dir, args.scales, max_examples=args.max_examples
+        model,
+        args.dataset,
+        args.split,
+        args.data_dir,
+        cli.options_from_args(args, DetectionOptions).scales,
+        max_examples=args.max_examples,
+        progress=args.format == "text",
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{result['examples']} images of {args.dataset} {args.split}, scales "
-            f"{result['scales']}, {result['seconds']:.0f} s"
-        )
-        print(format_table(result))
+    cli.print_result(result, args.format, format_report)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    cli.quiet_tensorflow()
+    cli.run(main)

@@ -46,20 +46,18 @@ Command line (one `.npy` per image, named after the image file: `cat.jpg` -> `ca
     python -m overfeat_tf.features --model fast-imagenet.keras --layer fc7 \\
         --images photos/ --output features/ [--pooled] [--size 231] [--stride coarse]
 
-Images (JPEG, PNG, GIF, BMP; any size) are decoded as RGB with `tf.io.decode_image` and
-resized so that their short side is `--size` pixels, keeping the aspect ratio (bilinear with
-antialiasing); the default is the net's crop size (231 fast, 221 accurate), so the classifier
-layers see at least one window. `--size 0` keeps the original size (OverFeat's `-f`).
+Images (JPEG, PNG, GIF, BMP; any size, grey, palette, alpha, CMYK, 16-bit) are read as RGB by
+`image_io.load_image` and resized so that their short side is `--size` pixels, keeping the
+aspect ratio (`image_io.resize_short_side`: bilinear, antialiased when shrinking); the
+default is the net's crop size (231 fast, 221 accurate), so the classifier layers see at
+least one window. `--size 0` keeps the original size (OverFeat's `-f`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,8 +65,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import data
+from overfeat_tf.atomic import save_npy
 from overfeat_tf.config import ModelConfig, get_config
+from overfeat_tf.image_io import load_image, resize_short_side, short_message
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -310,23 +309,6 @@ def extract_features(
 # --- command line -------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike) -> tf.Tensor:
-    """An image file as RGB uint8 `[H, W, 3]` (`tf.io.decode_image`; GIF: first frame)."""
-    contents = tf.io.read_file(os.fspath(path))
-    return tf.io.decode_image(contents, channels=3, expand_animations=False)
-
-
-def resize_short_side(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Resize `[H, W, 3]` so its short side is `size` px, keeping the aspect ratio.
-
-    `data.rescale_short_side` (bilinear, antialiased when shrinking; graph-safe); returns
-    float32 pixels 0..255. `size=0` only casts.
-    """
-    if size <= 0:
-        return tf.cast(image, tf.float32)
-    return data.rescale_short_side(image, size)
-
-
 def _list_images(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image directory {directory} not found.")
@@ -340,27 +322,6 @@ def _list_images(directory: str) -> list[str]:
             f"No images in {directory}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}."
         )
     return files
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    """np.save through a temporary file + os.replace (no half-written .npy)."""
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def _short_message(error: Exception) -> str:
-    """One line of an error, without TF's `{{function_node ...}}` / `[Op:...]` decorations."""
-    message = getattr(error, "message", None) or str(error)
-    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip())
-    message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message.splitlines()[0] if message else "")
-    return message or type(error).__name__
 
 
 def _load_model(path: str) -> keras.Model:
@@ -409,7 +370,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (1 if any image failed)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.size is not None and args.size < 0:
+        parser.error(f"--size must be >= 0 (pixels; 0 keeps the original size), got {args.size}.")
     try:
         model = _load_model(args.model)
         config = model.config
@@ -424,13 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for name in files:
         try:
-            image = resize_short_side(read_image(os.path.join(args.images, name)), size)
+            image = resize_short_side(load_image(os.path.join(args.images, name)), size)
             _check_size(config, target, args.stride, image.shape)
             features = keras.ops.convert_to_numpy(extractor(image[None], training=False))[0]
             features = features.max(axis=(0, 1)) if args.pooled else features
-            _save_npy(os.path.join(args.output, name + ".npy"), features.astype(np.float32))
+            save_npy(os.path.join(args.output, name + ".npy"), features.astype(np.float32))
         except (tf.errors.InvalidArgumentError, ValueError, OSError) as error:
-            print(f"error: {name}: {_short_message(error)}", file=sys.stderr)
+            message = short_message(error)
+            print(f"error: {message if name in message else f'{name}: {message}'}", file=sys.stderr)
             failed += 1
     form = "[C] pooled" if args.pooled else "[H', W', C] dense"
     print(

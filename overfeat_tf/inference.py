@@ -6,7 +6,7 @@ different scales and flips and (iii) taking the top-1 or top-5 elements".
 
     image -> pyramid levels (scales x flips)        `pyramid.build_pyramid`
           -> model at the fine or coarse stride     `run_levels` (one `LevelOutput` each)
-          -> softmax, spatial max per class         `level_class_scores`
+          -> softmax, spatial max per class         `level_probabilities`, `spatial_max`
           -> mean over levels                       `classify_tensor`  [C]
           -> top-k ids, names and scores            `classify` (notebooks)
 
@@ -20,16 +20,16 @@ output cells back to boxes in the original image (`boxes.window_boxes`,
 from __future__ import annotations
 
 import dataclasses
-import os
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from overfeat_tf.image_io import load_image
 from overfeat_tf.layers import STRIDES
+from overfeat_tf.models import backbone_of
 from overfeat_tf.pyramid import Level, Scale, build_pyramid
 
 _SPATIAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -39,12 +39,9 @@ def spatial_model(model: keras.Model, stride: str) -> keras.Model:
     """`model` at the "fine" or "coarse" stride (built once per model and stride, cached)."""
     if stride not in STRIDES:
         raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
-    if getattr(model, "stride", None) == stride:
+    model = backbone_of(model)
+    if model.stride == stride:
         return model
-    if not hasattr(model, "spatial_model"):
-        raise ValueError(
-            f"Expected an overfeat_tf OverFeat model (with `spatial_model`), got {type(model)}."
-        )
     per_model = _SPATIAL_CACHE.setdefault(model, {})
     if stride not in per_model:
         per_model[stride] = model.spatial_model(stride)
@@ -93,7 +90,7 @@ def run_levels(
         One `LevelOutput` per scale, in the order of `scales`.
     """
     net = spatial_model(model, stride)
-    config = model.config
+    config = backbone_of(model).config
     levels = build_pyramid(image, config, scales, flips)
     step = config.fine_stride if stride == "fine" else config.coarse_stride
     results = []
@@ -108,16 +105,20 @@ def object_probabilities(logits: tf.Tensor, num_classes: int) -> tf.Tensor:
     """Softmax over all outputs (objects and, if present, background), objects kept.
 
     `logits` `[..., C]` or `[..., C + 1]` (a detection model's background last) ->
-    `[..., C]` probabilities.
+    `[..., C]` probabilities, float32.
     """
-    return tf.nn.softmax(logits, axis=-1)[..., :num_classes]
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., :num_classes]
 
 
-def level_class_scores(level_output: LevelOutput, num_classes: int) -> tf.Tensor:
-    """Object-class probabilities, spatial max per class: `[N, C]` for the level's N entries
-    (a background class, if the model has one, is left out)."""
-    logits = level_output.outputs["class_logits"]  # [N, h', w', C(+1)]
-    return tf.reduce_max(object_probabilities(logits, num_classes), axis=[1, 2])
+def level_probabilities(level_output: LevelOutput, num_classes: int) -> tf.Tensor:
+    """Object-class probabilities of every output cell of a level: `[N, h', w', C]` (a
+    background class, if the model has one, is left out after the softmax)."""
+    return object_probabilities(level_output.outputs["class_logits"], num_classes)
+
+
+def spatial_max(probabilities: tf.Tensor) -> tf.Tensor:
+    """Paper §3.3 (i): the spatial max of each class, `[N, h', w', C]` -> `[N, C]`."""
+    return tf.reduce_max(probabilities, axis=[1, 2])
 
 
 def classify_tensor(
@@ -145,29 +146,12 @@ def classify_tensor(
     single = image.shape.rank == 3
     per_level = []
     for output in run_levels(model, image, scales, flips, stride):
-        scores = level_class_scores(
-            output, model.num_classes
-        )  # [F*B, C], flips stacked along the batch
+        # [F*B, C], flips stacked along the batch
+        scores = spatial_max(level_probabilities(output, model.num_classes))
         copies = 2 if flips else 1
         per_level.append(tf.reshape(scores, [copies, -1, tf.shape(scores)[-1]]))
     scores = tf.reduce_mean(tf.concat(per_level, axis=0), axis=0)  # [B, C]
     return scores[0] if single else scores
-
-
-def load_image(image_or_path: Any) -> tf.Tensor:
-    """A path (str / PathLike), encoded bytes, PIL image or array -> uint8 `[H, W, 3]`."""
-    if isinstance(image_or_path, str | os.PathLike):
-        image_or_path = tf.io.read_file(os.fspath(image_or_path))
-    if isinstance(image_or_path, bytes) or (
-        isinstance(image_or_path, tf.Tensor) and image_or_path.dtype == tf.string
-    ):
-        return tf.io.decode_image(image_or_path, channels=3, expand_animations=False)
-    array = np.asarray(image_or_path)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"Expected an RGB image [H, W, 3], got an array of shape {array.shape}.")
-    return tf.convert_to_tensor(array[..., :3])
 
 
 def classify(
@@ -187,18 +171,19 @@ def classify(
         top_k: how many classes to return.
 
     Returns:
-        `{"class_ids": [int], "class_names": [str | None], "scores": [float]}`, best first;
-        names come from `model.class_names` (None entries when the model has none).
+        `{"classes": [int], "class_names": [str], "scores": [float]}`, best first; names
+        come from the model's class names (`class_<i>` when it has none).
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+    model = backbone_of(model)
     image = load_image(image_or_path)
     scores = classify_tensor(model, image, scales, flips, stride)
     values, ids = tf.math.top_k(scores, k=min(top_k, int(scores.shape[-1])))
-    names = getattr(model, "class_names", None)
-    class_ids = [int(i) for i in ids.numpy()]
+    names = model.class_names
+    classes = [int(i) for i in ids.numpy()]
     return {
-        "class_ids": class_ids,
-        "class_names": [names[i] if names else None for i in class_ids],
+        "classes": classes,
+        "class_names": [names[i] if names else f"class_{i}" for i in classes],
         "scores": [float(v) for v in values.numpy()],
     }

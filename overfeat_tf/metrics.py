@@ -1,32 +1,36 @@
-"""Detection and localization metrics, in NumPy (paper §4.4 and §5; ILSVRC and COCO rules).
+"""Detection and localization metrics (paper §4.4 and §5; COCO and ILSVRC rules).
 
 Box convention of every function: `[ymin, xmin, ymax, xmax]` (yxyx, the package order), in
 any units as long as detections and ground truth use the same ones: pixels, or coordinates
-normalized by the image's (height, width). IoU is invariant to scaling the x and y axes
-independently, so normalized and pixel boxes give the same IoU (up to rounding).
-IoU = |a ∩ b| / (|a| + |b| - |a ∩ b|) on continuous coordinates (no "+1 pixel").
+normalized by the image's (height, width), as `detection_eval` passes them. IoU is invariant
+to scaling the x and y axes independently, so normalized and pixel boxes give the same IoU
+(up to rounding). IoU = |a ∩ b| / (|a| + |b| - |a ∩ b|) on continuous coordinates (no
+"+1 pixel").
 
-Detection: average precision per class (`average_precision`)
-------------------------------------------------------------
-The COCO definition (pycocotools `COCOeval` with `iouThrs=[iou_threshold]`, area range
-"all", `maxDets` large enough to keep every detection), applied class by class:
+Detection: average precision per class (`average_precision`, `DetectionAccumulator`)
+----------------------------------------------------------------------------------
+Computed by pycocotools' `COCOeval` itself (iouType "bbox"), on an in-memory COCO ground
+truth (no files): image i -> image id i + 1, class c -> category id c + 1, every box
+converted from yxyx to COCO's `[x, y, width, height]` in the units it came in, `iscrowd` 0
+everywhere. The parameters make COCOeval keep every box and detection: `iouThrs =
+[iou_threshold]`, one area range "all" = [0, inf) (no box is dropped, whatever the units),
+`maxDets` = the largest number of detections of one image. In COCO's definition:
 
-1. Detections of the class are ranked over the whole split by score, highest first; ties
-   keep the order (image index, then position in the input), as COCOeval's stable sorts do.
-2. In that order, each detection is matched to the ground-truth box of its class in its
-   image with the highest IoU among those not matched yet, if that IoU >= `iou_threshold`
-   (ties in IoU: the later box in input order, as COCOeval). A matched detection is a true
-   positive, any other detection (duplicates included) a false positive.
-3. Precision `tp / (tp + fp + eps)` (eps = `np.spacing(1)`, as COCOeval) and recall
-   `tp / num_gt` along the ranking; the precision is made non-increasing from the right (the
-   precision envelope) and read at the 101 recall thresholds 0, 0.01, ..., 1 (the first rank
-   whose recall reaches the threshold; 0 past the highest recall); AP is the mean of those
-   101 values.
+1. Detections of a class are ranked over the whole split by score, highest first (ties:
+   image order, then input order: COCOeval's stable sorts).
+2. In that order, each detection is matched to the not-yet-matched ground-truth box of its
+   class in its image with the highest IoU, if that IoU >= `iou_threshold`. A matched
+   detection is a true positive; any other detection, a duplicate of a found object
+   included, is a false positive.
+3. Precision `tp / (tp + fp + eps)` and recall `tp / num_gt` along the ranking; the
+   precision envelope (non-increasing from the right) read at the 101 recall thresholds 0,
+   0.01, ..., 1 (0 past the highest recall); AP is the mean of those 101 values
+   (`COCOeval.eval["precision"]`).
 
 A class with ground truth but no detection has AP 0; a class without ground truth has no AP
 (NaN), whatever its detections. `mean_average_precision` averages the classes that have
 ground truth (as COCOeval's summary at a single IoU threshold; the ILSVRC and VOC
-convention too).
+convention too). COCOeval's progress messages are silenced.
 
 Localization: the ILSVRC error (`localization_error`)
 -----------------------------------------------------
@@ -41,29 +45,24 @@ Other objects in the image neither help nor hurt.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import io
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 __all__ = [
-    "RECALL_THRESHOLDS",
     "DetectionAccumulator",
     "GroundTruth",
     "Guesses",
     "average_precision",
     "localization_correct",
     "localization_error",
-    "match_detections",
     "mean_average_precision",
-    "pairwise_iou",
 ]
-
-# COCOeval's 101 recall thresholds (np.linspace, as pycocotools builds them).
-RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101, endpoint=True)
-# COCOeval caps the threshold just below 1 so that IoU 1 still matches at threshold 1.
-_MAX_THRESHOLD = 1 - 1e-10
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -112,147 +111,70 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def pairwise_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
-    """IoU of every pair: `[N, 4]` x `[M, 4]` yxyx (any units, the same for both) -> `[N, M]`.
-
-    Disjoint or touching boxes have IoU 0, as do pairs whose union is empty.
-    """
-    a, b = _boxes("boxes1", boxes1), _boxes("boxes2", boxes2)
-    return _iou(a[:, np.newaxis], b[np.newaxis])
-
-
-# --- detection: matching and AP --------------------------------------------------------------
-def _ranking(scores: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """Order of the detections: score descending, then image index, then input position."""
-    return np.lexsort((np.arange(scores.size), images, -scores))
+# --- detection: AP by COCOeval ---------------------------------------------------------------
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    """yxyx `[N, 4]` -> COCO `[x, y, width, height]` rows, in the same units."""
+    return np.stack(
+        [boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1
+    ).tolist()
 
 
-def _group_ranges(
-    det_groups: np.ndarray, gt_groups: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (detection, ground truth) pair of the same group, with no Python loop.
-
-    Returns the pairs' detection indices, ground-truth indices (ground truth of a group in
-    input order) and, per detection, its number of pairs.
-    """
-    gt_order = np.argsort(gt_groups, kind="stable")
-    sorted_groups = gt_groups[gt_order]
-    starts = np.searchsorted(sorted_groups, det_groups, side="left")
-    counts = np.searchsorted(sorted_groups, det_groups, side="right") - starts
-    det_index = np.repeat(np.arange(det_groups.size), counts)
-    offsets = np.arange(det_index.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    gt_index = gt_order[np.repeat(starts, counts) + offsets]
-    return det_index, gt_index, counts
-
-
-def _rank_in_group(groups: np.ndarray) -> np.ndarray:
-    """For items listed in processing order, their position among the items of their group."""
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    first = np.searchsorted(sorted_groups, sorted_groups, side="left")
-    rank = np.empty(groups.size, np.int64)
-    rank[order] = np.arange(groups.size) - first
-    return rank
-
-
-def match_detections(
-    det_boxes: Any,
-    det_scores: Any,
-    det_classes: Any,
-    det_images: Any,
-    gt_boxes: Any,
-    gt_classes: Any,
-    gt_images: Any,
-    iou_threshold: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """COCO matching of detections to ground truth (module docstring, steps 1-2).
-
-    Args:
-        det_boxes: `[D, 4]` yxyx detections (same units as `gt_boxes`).
-        det_scores: `[D]` confidences (higher = more confident).
-        det_classes: `[D]` int class of each detection.
-        det_images: `[D]` int index of each detection's image.
-        gt_boxes: `[G, 4]` yxyx ground-truth boxes.
-        gt_classes: `[G]` int classes.
-        gt_images: `[G]` int image indices.
-        iou_threshold: smallest IoU of a match, in (0, 1].
-
-    Returns:
-        `is_true_positive` bool `[D]` and `matched_gt` int64 `[D]` (the ground-truth index
-        each detection matched, -1 for false positives), both in input order.
-    """
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
-    det_boxes = _boxes("det_boxes", det_boxes)
-    num_det = det_boxes.shape[0]
-    det_scores = _vector("det_scores", det_scores, num_det, integer=False)
-    det_classes = _vector("det_classes", det_classes, num_det, integer=True)
-    det_images = _vector("det_images", det_images, num_det, integer=True)
-    gt_boxes = _boxes("gt_boxes", gt_boxes)
-    num_gt = gt_boxes.shape[0]
-    gt_classes = _vector("gt_classes", gt_classes, num_gt, integer=True)
-    gt_images = _vector("gt_images", gt_images, num_gt, integer=True)
-
-    matched_gt = np.full(num_det, -1, np.int64)
-    if num_det == 0 or num_gt == 0:
-        return matched_gt >= 0, matched_gt
-
-    # One integer id per (image, class) group, shared by detections and ground truth.
-    keys = np.concatenate(
-        [np.stack([det_images, det_classes], 1), np.stack([gt_images, gt_classes], 1)]
-    )
-    _, group = np.unique(keys, axis=0, return_inverse=True)
-    group = group.reshape(-1)
-    det_groups, gt_groups = group[:num_det], group[num_det:]
-
-    # Candidate pairs: same group, IoU above the threshold (as COCOeval: IoU >= min(t, 1-1e-10)).
-    order = _ranking(det_scores, det_images)  # processing order
-    det_index, gt_index, _ = _group_ranges(det_groups[order], gt_groups)
-    det_index = order[det_index]
-    iou = _iou(det_boxes[det_index], gt_boxes[gt_index])
-    keep = iou >= min(iou_threshold, _MAX_THRESHOLD)
-    det_index, gt_index, iou = det_index[keep], gt_index[keep], iou[keep]
-    if det_index.size == 0:
-        return matched_gt >= 0, matched_gt
-
-    # Detections that have candidates, in processing order, ranked within their group: all
-    # detections of one rank belong to different groups, so a rank is matched at once.
-    position = np.empty(num_det, np.int64)
-    position[order] = np.arange(num_det)
-    candidates = order[np.isin(order, det_index)]  # processing order
-    rank = np.zeros(num_det, np.int64)
-    rank[candidates] = _rank_in_group(det_groups[candidates])
-    # Pairs by (rank, detection, IoU, ground-truth index): a detection's best pair is its last
-    # available one (the highest IoU; ties: the later ground truth, as COCOeval).
-    pair_order = np.lexsort((gt_index, iou, position[det_index], rank[det_index]))
-    det_index, gt_index = det_index[pair_order], gt_index[pair_order]
-    pair_rank = rank[det_index]
-    bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2), side="left")
-    gt_taken = np.zeros(num_gt, bool)
-    for lo, hi in itertools.pairwise(bounds):
-        dets, gts = det_index[lo:hi], gt_index[lo:hi]
-        free = ~gt_taken[gts]
-        dets, gts = dets[free], gts[free]
-        if dets.size == 0:
-            continue
-        last = np.append(dets[1:] != dets[:-1], True)
-        matched_gt[dets[last]] = gts[last]
-        gt_taken[gts[last]] = True
-    return matched_gt >= 0, matched_gt
+def _coco_ground_truth(
+    gt_boxes: np.ndarray, gt_classes: np.ndarray, gt_images: np.ndarray, num_images: int, k: int
+) -> COCO:
+    """An in-memory `COCO` ground truth: images 1..num_images, categories 1..k."""
+    annotations = [
+        {
+            "id": i + 1,  # COCOeval reads id 0 as "unmatched"
+            "image_id": image + 1,
+            "category_id": cls + 1,
+            "bbox": bbox,
+            "area": bbox[2] * bbox[3],
+            "iscrowd": 0,
+        }
+        for i, (bbox, cls, image) in enumerate(
+            zip(_xywh(gt_boxes), gt_classes.tolist(), gt_images.tolist(), strict=True)
+        )
+    ]
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": i + 1} for i in range(num_images)],
+        "annotations": annotations,
+        "categories": [{"id": c + 1, "name": str(c)} for c in range(k)],
+    }
+    coco.createIndex()
+    return coco
 
 
-def _class_ap(true_positive: np.ndarray, num_gt: int) -> float:
-    """COCO 101-point AP of one class from its ranked detections' true-positive flags."""
-    tp = np.cumsum(true_positive).astype(float)
-    fp = np.cumsum(~true_positive).astype(float)
-    if tp.size == 0:
-        return 0.0
-    recall = tp / num_gt
-    precision = tp / (fp + tp + np.spacing(1))
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    index = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")
-    values = np.where(index < tp.size, envelope[np.minimum(index, tp.size - 1)], 0.0)
-    return float(np.mean(values))
+def _coco_detections(
+    coco_gt: COCO,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_classes: np.ndarray,
+    det_images: np.ndarray,
+) -> COCO:
+    """The detections as a COCO result set (`loadRes`; an empty one without detections,
+    which `loadRes` does not accept)."""
+    if det_scores.size == 0:
+        empty = COCO()
+        empty.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "annotations": [],
+            "categories": list(coco_gt.dataset["categories"]),
+        }
+        empty.createIndex()
+        return empty
+    results = [
+        {"image_id": image + 1, "category_id": cls + 1, "bbox": bbox, "score": score}
+        for bbox, score, cls, image in zip(
+            _xywh(det_boxes),
+            det_scores.tolist(),
+            det_classes.tolist(),
+            det_images.tolist(),
+            strict=True,
+        )
+    ]
+    return coco_gt.loadRes(results)
 
 
 def average_precision(
@@ -265,8 +187,10 @@ def average_precision(
     gt_images: Any,
     num_classes: int | None = None,
     iou_threshold: float = 0.5,
+    num_images: int | None = None,
 ) -> np.ndarray:
-    """Average precision of every class over a split (COCO definition, module docstring).
+    """Average precision of every class over a split, by pycocotools' COCOeval (module
+    docstring).
 
     Detections and ground truth of all images come as flat arrays, each row tagged with its
     image index (an image without ground truth simply has no ground-truth rows).
@@ -275,44 +199,63 @@ def average_precision(
         det_boxes: `[D, 4]` yxyx detections (same units as `gt_boxes`).
         det_scores: `[D]` confidences.
         det_classes: `[D]` int classes in `[0, num_classes)`.
-        det_images: `[D]` int image indices.
+        det_images: `[D]` int image indices in `[0, num_images)`.
         gt_boxes: `[G, 4]` yxyx ground-truth boxes.
         gt_classes: `[G]` int classes in `[0, num_classes)`.
-        gt_images: `[G]` int image indices.
+        gt_images: `[G]` int image indices in `[0, num_images)`.
         num_classes: C; default: 1 + the largest class seen.
-        iou_threshold: IoU of a match (0.5: "AP@0.5", the VOC / ILSVRC detection criterion).
+        iou_threshold: IoU of a match, in (0, 1] (0.5: "AP@0.5", the VOC / ILSVRC
+            detection criterion).
+        num_images: images of the split; default: 1 + the largest image index seen (images
+            with neither detections nor ground truth change no AP).
 
     Returns:
         float64 `[C]`: AP of each class in [0, 1]; NaN for classes without ground truth.
     """
-    tp, _ = match_detections(
-        det_boxes,
-        det_scores,
-        det_classes,
-        det_images,
-        gt_boxes,
-        gt_classes,
-        gt_images,
-        iou_threshold,
-    )
-    det_scores = np.asarray(det_scores, np.float64).reshape(-1)
-    det_classes = np.asarray(det_classes, np.int64).reshape(-1)
-    det_images = np.asarray(det_images, np.int64).reshape(-1)
-    gt_classes = np.asarray(gt_classes, np.int64).reshape(-1)
-    seen = np.concatenate([det_classes, gt_classes])
-    if seen.size and seen.min() < 0:
-        raise ValueError(f"Classes must be >= 0, got {seen.min()}.")
-    if num_classes is None:
-        num_classes = int(seen.max()) + 1 if seen.size else 0
-    elif seen.size and seen.max() >= num_classes:
-        raise ValueError(f"Class {seen.max()} is outside [0, num_classes={num_classes}).")
-    order = _ranking(det_scores, det_images)
-    ranked_classes, ranked_tp = det_classes[order], tp[order]
-    num_gt = np.bincount(gt_classes, minlength=num_classes)
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+    det_boxes = _boxes("det_boxes", det_boxes)
+    num_det = det_boxes.shape[0]
+    det_scores = _vector("det_scores", det_scores, num_det, integer=False)
+    det_classes = _vector("det_classes", det_classes, num_det, integer=True)
+    det_images = _vector("det_images", det_images, num_det, integer=True)
+    gt_boxes = _boxes("gt_boxes", gt_boxes)
+    num_gt = gt_boxes.shape[0]
+    gt_classes = _vector("gt_classes", gt_classes, num_gt, integer=True)
+    gt_images = _vector("gt_images", gt_images, num_gt, integer=True)
+    num_classes = _count("Class", np.concatenate([det_classes, gt_classes]), num_classes)
+    num_images = _count("Image index", np.concatenate([det_images, gt_images]), num_images)
     result = np.full(num_classes, np.nan)
-    for c in np.flatnonzero(num_gt):
-        result[c] = _class_ap(ranked_tp[ranked_classes == c], int(num_gt[c]))
+    if num_gt == 0 or num_classes == 0:
+        return result  # no class has ground truth
+
+    with contextlib.redirect_stdout(io.StringIO()):  # COCO's progress messages
+        coco_gt = _coco_ground_truth(gt_boxes, gt_classes, gt_images, num_images, num_classes)
+        coco_dt = _coco_detections(coco_gt, det_boxes, det_scores, det_classes, det_images)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        params = evaluator.params
+        params.iouThrs = np.array([float(iou_threshold)])
+        params.areaRng, params.areaRngLbl = [[0.0, np.inf]], ["all"]
+        per_image = np.bincount(det_images, minlength=num_images) if num_det else [0]
+        params.maxDets = [max(1, int(np.max(per_image)))]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][0, :, :, 0, 0]  # [101 recall thresholds, C]
+    has_gt = (precision > -1).all(axis=0)  # COCOeval's -1: a category without ground truth
+    result[has_gt] = precision[:, has_gt].mean(axis=0)
     return result
+
+
+def _count(name: str, values: np.ndarray, count: int | None) -> int:
+    """`count` checked against the non-negative ints `values` (default: 1 + their max)."""
+    if values.size and values.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {values.min()}.")
+    if count is None:
+        return int(values.max()) + 1 if values.size else 0
+    if values.size and values.max() >= count:
+        label = "num_classes" if name == "Class" else "num_images"
+        raise ValueError(f"{name} {values.max()} is outside [0, {label}={count}).")
+    return count
 
 
 def mean_average_precision(per_class_ap: Any) -> float:
@@ -324,7 +267,11 @@ def mean_average_precision(per_class_ap: Any) -> float:
 
 
 class DetectionAccumulator:
-    """Collects detections and ground truth image by image, then scores the split.
+    """Collects detections and ground truth image by image, then scores the split with
+    COCOeval (`average_precision`).
+
+    Boxes are yxyx in any units shared by an image's detections and ground truth
+    (`detection_eval` passes coordinates normalized to the image).
 
     Example:
         acc = DetectionAccumulator(num_classes=12)
@@ -379,9 +326,13 @@ class DetectionAccumulator:
         return dict(zip(names, det + gt, strict=True))
 
     def average_precision(self, iou_threshold: float = 0.5) -> np.ndarray:
-        """Per-class AP `[C]` of everything added (NaN for classes without ground truth)."""
+        """Per-class AP `[C]` of everything added at IoU `iou_threshold` (NaN for classes
+        without ground truth)."""
         return average_precision(
-            **self.arrays(), num_classes=self.num_classes, iou_threshold=iou_threshold
+            **self.arrays(),
+            num_classes=self.num_classes,
+            iou_threshold=iou_threshold,
+            num_images=self.num_images,
         )
 
 

@@ -16,7 +16,9 @@ weights. Layer names follow the paper (`conv1`..`conv6`, `fc6`..`fc8`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -259,6 +261,45 @@ class OverFeat(keras.Model):
         logits = keras.layers.Reshape((width,))(_classifier(self.get_layer, pooled))
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         return keras.Model(image, logits, name=f"{self.name}_crop")
+
+
+def backbone_of(model: Any) -> OverFeat:
+    """The `OverFeat` network of a model: itself, or a detector's `backbone`.
+
+    Raises:
+        ValueError: neither (e.g. a plain Keras model), with what to load instead.
+    """
+    net = getattr(model, "backbone", model)
+    if not isinstance(net, OverFeat):
+        raise ValueError(
+            f"Expected an overfeat_tf OverFeat model or OverFeatDetector, got "
+            f"{type(model).__name__}; load one with `keras.models.load_model(path)` after "
+            "`import overfeat_tf`."
+        )
+    return net
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """`keras.models.load_model` of an overfeat_tf `.keras` file (an `OverFeat` network or an
+    `OverFeatDetector`; safe_mode on), with errors that say what is wrong.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a Keras model file, or a Keras model that is not overfeat_tf's.
+    """
+    import overfeat_tf  # noqa: F401  (registers every class of the package)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} not found.")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:  # a bad zip, a non-Keras file, an unknown class, ...
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise ValueError(f"Could not load {path} as a Keras model: {first}") from error
+    backbone_of(model)
+    return model
 
 
 def build_model(architecture: str | ModelConfig = "fast", **kwargs: Any) -> OverFeat:

@@ -21,6 +21,7 @@ aspect ratio). Every other net uses short sides at the same ratios to its crop
 (`round(crop * s / 221)` for Table 5's short sides s, then snapped): 247, 279, 327, 391,
 439, 471 for fast and tiny. Pass ints to keep the aspect ratio with any net.
 
+Levels are resized with `image_io.resize` (bilinear, antialiased when shrinking, 0..255).
 Each level records what maps boxes back to the original image: its size, the original
 size, the resize factors and which batch entries are flipped (see `boxes.level_to_original`).
 """
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from overfeat_tf import image_io
 from overfeat_tf.config import ACCURATE_SCALES, ModelConfig, get_config
 
 Scale = int | tuple[int, int]
@@ -117,16 +119,15 @@ def parse_scales(text: str | Sequence[str]) -> tuple[Scale, ...]:
 def level_size(image_size: tf.Tensor, scale: Scale, config: str | ModelConfig) -> tf.Tensor:
     """Size (h, w) int32 `[2]` of the level of an `image_size` (H, W) image at `scale`.
 
-    int scale: short side -> scale keeping the aspect ratio (rounded), each side snapped
-    down to `crop + fine_stride * n`. Pair: that size, transposed for a portrait image if
-    the pair is landscape (and vice versa), then snapped.
+    int scale: short side -> scale keeping the aspect ratio (`image_io.short_side_size`:
+    rounded), each side snapped down to `crop + fine_stride * n`. Pair: that size,
+    transposed for a portrait image if the pair is landscape (and vice versa), then snapped.
     """
     config = get_config(config)
     (scale,) = check_scales([scale])
     size = tf.cast(image_size, tf.int32)
     if isinstance(scale, int):
-        hw = tf.cast(size, tf.float32)
-        target = tf.cast(tf.round(hw * (scale / tf.reduce_min(hw))), tf.int32)
+        target = image_io.short_side_size(size, scale)
     else:
         h, w = scale
         pair = tf.constant([h, w], tf.int32)
@@ -168,11 +169,6 @@ def _as_batch(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
-def resize_level(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Resize `[B, H, W, 3]` to `size` (h, w): bilinear, antialiased when shrinking."""
-    return tf.clip_by_value(tf.image.resize(image, size, method="bilinear", antialias=True), 0, 255)
-
-
 def build_pyramid(
     image: tf.Tensor,
     config: str | ModelConfig,
@@ -200,7 +196,7 @@ def build_pyramid(
     levels = []
     for scale in scales:
         size = level_size(original, scale, config)
-        resized = resize_level(batch, size)
+        resized = image_io.resize(batch, size)
         flipped = tf.zeros(tf.shape(batch)[:1], tf.bool)
         if flips:
             resized = tf.concat([resized, tf.reverse(resized, axis=[2])], axis=0)

@@ -3,11 +3,10 @@
     encoded images tf.string [B]  (JPEG / PNG / GIF / BMP, any sizes, mixed in one batch)
       -> tf.map_fn over the batch, one image at a time:
            header checks (empty, unknown format, zero size, over `max_pixels`), then decode
-           -> pyramid (scales x flips) -> OverFeat at the fine/coarse stride
-           -> top-k classes per level, every window's box decoded, mapped to the original
-              image, normalized yxyx                                 `detection.detect_tensor`
-           -> greedy merge (paper §4.3), the best `max_detections` merged boxes
-           -> top-5 of the multi-scale classification
+           -> `detector.OverFeatDetector.detect_image`: pyramid (scales x flips) -> OverFeat
+              at the fine/coarse stride -> top-k classes per level, every window's box in
+              the original image, normalized yxyx -> greedy merge (paper §4.3), the best
+              `max_detections` merged boxes -> top-5 of the multi-scale classification
       -> outputs padded to fixed sizes and stacked: [B, N, 4], [B, N], [B, 5], ...
 
 Signatures (all inputs are raw images, RGB 0..255 after decoding; no Python op anywhere):
@@ -49,9 +48,15 @@ The export options and class names are stored twice: as the `metadata` signature
 file `<version>/assets.extra/overfeat_export.json` (TF Serving's directory for extra files,
 which it does not load), so a client can read what it is talking to without running a graph.
 
+The detection signatures run the same `detect_image` as `OverFeatDetector.predict` (and the
+notebook `detect`), so an export answers exactly what the `.keras` detector does. Placement
+for GPU serving: decoding and the header checks are pinned to the CPU; the network, box
+decoding and the merge carry no device, so TF Serving places them on the GPU when it has one
+(nothing in the graph needs XLA or a Python op).
+
 Writing: `export_model` writes into a hidden temporary directory inside `export_dir` and
-renames it to `export_dir/<version>` (TF Serving only picks up numeric directories, and the
-rename is atomic), so a server never sees half a model; on failure nothing is left behind.
+renames it to `export_dir/<version>` (`atomic.atomic_path`; TF Serving only picks up numeric
+directories), so a server never sees half a model; on failure nothing is left behind.
 """
 
 from __future__ import annotations
@@ -59,8 +64,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,19 +73,33 @@ import tensorflow as tf
 
 import overfeat_tf
 from overfeat_tf import image_io
+from overfeat_tf.atomic import atomic_path
+from overfeat_tf.cli import option
 from overfeat_tf.config import ModelConfig
-from overfeat_tf.detection import DetectionOptions, detect_tensor
-from overfeat_tf.features import feature_model, min_input_size, resize_short_side, resolve_layer
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import (
+    TOP_CLASSES,
+    OverFeatDetector,
+    class_names,
+    output_spec,
+    top_classes,
+)
+from overfeat_tf.features import feature_model, min_input_size, resolve_layer
 from overfeat_tf.inference import classify_tensor
 from overfeat_tf.merge import jit_compile_default
+from overfeat_tf.models import backbone_of
+from overfeat_tf.models import load_model as load_keras_model  # noqa: F401 (the CLI's)
 from overfeat_tf.pyramid import default_scales
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
-TOP_CLASSES = 5
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "overfeat_export.json"
 FORMAT = "overfeat_tf.serving/1"
-_TEMP_PREFIX = ".tmp-overfeat-export-"
+
+
+def _layer(text: str) -> str | int:
+    """`--feature-layer`: a layer name, or OverFeat's layer number."""
+    return int(text) if text.strip().isdigit() else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +116,21 @@ class ExportOptions(DetectionOptions):
             net's crop size; 0 = keep the original size.
     """
 
-    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
-    feature_layer: str | int = "fc7"
-    feature_size: int | None = None
+    max_pixels: int = option(
+        image_io.DEFAULT_MAX_PIXELS,
+        "reject images of more pixels (height x width), checked before decoding",
+    )
+    feature_layer: str | int = option(
+        "fc7",
+        "layer of the features signature: a name (fc7, pool5, ...) or OverFeat's number",
+        parse=_layer,
+    )
+    feature_size: int | None = option(
+        None,
+        "short side (px) images are resized to for features (0: original size; default: "
+        "the net's crop size)",
+        parse=int,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,18 +147,18 @@ class ExportOptions(DetectionOptions):
                 f"feature_layer must be a layer name or number, got {self.feature_layer!r}."
             )
 
+    @classmethod
+    def of_model(cls, model: Any, **changes: Any) -> ExportOptions:
+        """The defaults for `model`: a detector's own options (else the class defaults),
+        with `changes` applied."""
+        base = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
+        return cls(**dataclasses.asdict(base), **changes)
+
     def detection_options(self) -> DetectionOptions:
         """The `DetectionOptions` of the detection signatures."""
         return DetectionOptions(
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(DetectionOptions)}
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (scales as lists; None kept)."""
-        out = dataclasses.asdict(self)
-        if self.scales is not None:
-            out["scales"] = [list(s) if isinstance(s, tuple) else s for s in self.scales]
-        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -157,21 +186,7 @@ def _positive_int(value: Any) -> bool:
 
 
 def _check_model(model: Any) -> ModelConfig:
-    config = getattr(model, "config", None)
-    if not isinstance(config, ModelConfig) or not hasattr(model, "spatial_model"):
-        raise ValueError(
-            f"Expected an overfeat_tf OverFeat model, got {type(model).__name__}; load it with "
-            "`import overfeat_tf; keras.models.load_model(path)`."
-        )
-    return config
-
-
-def class_names(model: keras.Model) -> list[str]:
-    """The model's class names, or "class_0", "class_1", ... when it has none."""
-    names = getattr(model, "class_names", None)
-    if names:
-        return [str(n) for n in names]
-    return [f"class_{i}" for i in range(model.num_classes)]
+    return backbone_of(model).config
 
 
 def feature_target(model: keras.Model, options: ExportOptions) -> tuple[str, int]:
@@ -191,6 +206,7 @@ def feature_target(model: keras.Model, options: ExportOptions) -> tuple[str, int
 def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any]:
     """What a client needs to know about an export: options (scales resolved), classes, net."""
     config = _check_model(model)
+    net = backbone_of(model)
     layer, size = feature_target(model, options)
     resolved = options.replace(
         scales=options.scales or default_scales(config), feature_layer=layer, feature_size=size
@@ -201,11 +217,11 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "model": {
-            "name": model.name,
+            "name": net.name,
             "architecture": config.name,
-            "num_classes": model.num_classes,
-            "background": bool(getattr(model, "background", False)),
-            "regressor": getattr(model, "regressor", None),
+            "num_classes": net.num_classes,
+            "background": net.background,
+            "regressor": net.regressor,
             "crop_size": config.crop_size,
             "fine_stride": config.fine_stride,
             "coarse_stride": config.coarse_stride,
@@ -215,59 +231,6 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
         "signatures": list(SIGNATURES),
         "box_format": "[ymin, xmin, ymax, xmax] normalized to the original image",
         "input": "RGB; images of more than max_pixels pixels are rejected",
-    }
-
-
-# --- one image, in TF ops -------------------------------------------------------------------
-
-
-def top_classes(
-    scores: tf.Tensor, names: tf.Tensor, k: int = TOP_CLASSES
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Top-k of class scores `[C]` -> ids `[k]` int32, scores `[k]`, names `[k]`.
-
-    With C < k the last entries are id -1, score 0, name "".
-    """
-    num_classes = int(scores.shape[-1])
-    found = min(k, num_classes)
-    values, ids = tf.math.top_k(scores, k=found)
-    pad = k - found
-    ids = tf.pad(tf.cast(ids, tf.int32), [[0, pad]], constant_values=-1)
-    values = tf.pad(values, [[0, pad]])
-    top_names = tf.where(ids >= 0, tf.gather(names, tf.maximum(ids, 0)), "")
-    return ids, values, top_names
-
-
-def detect_one(
-    model: keras.Model, image: tf.Tensor, options: DetectionOptions, names: tf.Tensor
-) -> dict[str, tf.Tensor]:
-    """Detection + top-5 of one image `[H, W, 3]` (any dtype, 0..255) as padded tensors."""
-    out = detect_tensor(model, tf.cast(image, tf.float32), options)
-    n = options.max_detections
-    valid = tf.range(n) < out["num_detections"]
-    classes, scores, _ = top_classes(out["class_scores"], names)
-    return {
-        "detection_boxes": out["detection_boxes"],
-        "detection_scores": out["detection_scores"],
-        "detection_classes": out["detection_classes"],
-        "detection_class_names": tf.where(valid, tf.gather(names, out["detection_classes"]), ""),
-        "num_detections": out["num_detections"],
-        "classes": classes,
-        "scores": scores,
-    }
-
-
-def detection_spec(max_detections: int) -> dict[str, tf.TensorSpec]:
-    """`fn_output_signature` of `detect_one` (one image)."""
-    n = max_detections
-    return {
-        "detection_boxes": tf.TensorSpec([n, 4], tf.float32),
-        "detection_scores": tf.TensorSpec([n], tf.float32),
-        "detection_classes": tf.TensorSpec([n], tf.int32),
-        "detection_class_names": tf.TensorSpec([n], tf.string),
-        "num_detections": tf.TensorSpec([], tf.int32),
-        "classes": tf.TensorSpec([TOP_CLASSES], tf.int32),
-        "scores": tf.TensorSpec([TOP_CLASSES], tf.float32),
     }
 
 
@@ -322,59 +285,75 @@ def _feature_batch(
     }
 
 
+def _decoded(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """Header checks + decode of one encoded image, on the CPU (TF has no GPU decoders for
+    every format, and the checks are cheap scalar work)."""
+    with tf.device("/CPU:0"):
+        return image_io.decode_image(contents, max_pixels)
+
+
+def _feature_extractor(
+    extractor: keras.Model, layer: str, side: int, need: int, max_pixels: int
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Encoded image -> its feature map `[h, w, C]` (short side resized to `side`; an error
+    naming the layer when it is under `need` px)."""
+
+    def extract(contents: tf.Tensor) -> tf.Tensor:
+        image = image_io.resize_short_side(_decoded(contents, max_pixels), side)
+        short = tf.reduce_min(tf.shape(image)[:2])
+        message = (
+            f"Image too small for feature layer {layer}: its short side must be at least "
+            f"{need} px, got"
+        )
+        image = image_io.after(image, tf.debugging.Assert(short >= need, [message, short]))
+        return tf.cast(extractor(image[tf.newaxis], training=False)[0], tf.float32)
+
+    return extract
+
+
 def build_export(
     model: keras.Model, options: ExportOptions | None = None
 ) -> keras.export.ExportArchive:
     """A Keras `ExportArchive` with the signatures of the module docstring (not written yet).
 
     Args:
-        model: an `OverFeat` model (a regressor gives real boxes; without one every window
-            is its own box).
-        options: `ExportOptions` (defaults if None).
+        model: an `OverFeatDetector` or an `OverFeat` network (a regressor gives real boxes;
+            without one every window is its own box).
+        options: `ExportOptions` (default: `ExportOptions.of_model(model)`, a detector's own).
 
     Raises:
         ValueError: not an OverFeat model, or a feature layer / size the net cannot give.
     """
-    options = options or ExportOptions()
+    options = options or ExportOptions.of_model(model)
     config = _check_model(model)
+    net = backbone_of(model)
     layer, feature_side = feature_target(model, options)
     metadata = json.dumps(export_metadata(model, options), sort_keys=True)
-    detection = options.detection_options()
+    detector = OverFeatDetector.from_options(net, options.detection_options())
     max_pixels = options.max_pixels
-    names = class_names(model)
-    extractor = feature_model(model, layer, "coarse")
+    names = class_names(net)
+    extractor = feature_model(net, layer, "coarse")
     channels = int(extractor.output.shape[-1])
     need = min_input_size(config, layer, "coarse")
-    spec = detection_spec(options.max_detections)
-
-    def names_tensor() -> tf.Tensor:
-        return tf.constant(names, tf.string)
+    spec = output_spec(options.max_detections)
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        table = names_tensor()
-        return _map_images(
-            lambda c: detect_one(model, image_io.decode_image(c, max_pixels), detection, table),
-            images,
-            spec,
-        )
+        return _map_images(lambda c: detector.detect_image(_decoded(c, max_pixels)), images, spec)
 
     def detect_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        table = names_tensor()
         return _map_images(
-            lambda im: detect_one(model, image_io.check_pixels(im, max_pixels), detection, table),
+            lambda im: detector.detect_image(image_io.check_pixels(im, max_pixels)),
             images,
             spec,
         )
 
     def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        table = names_tensor()
+        table = tf.constant(names, tf.string)
 
         def one(contents: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            image = image_io.decode_image(contents, max_pixels)
-            return top_classes(
-                classify_tensor(model, image, detection.scales, detection.flips, detection.stride),
-                table,
-            )
+            image = _decoded(contents, max_pixels)
+            scores = classify_tensor(net, image, detector.scales, detector.flips, detector.stride)
+            return top_classes(scores, table)
 
         classes, scores, top_names = _map_images(
             one,
@@ -387,23 +366,8 @@ def build_export(
         )
         return {"classes": classes, "scores": scores, "class_names": top_names}
 
-    def extract(contents: tf.Tensor) -> tf.Tensor:
-        image = resize_short_side(image_io.decode_image(contents, max_pixels), feature_side)
-        side = tf.reduce_min(tf.shape(image)[:2])
-        image = image_io.after(
-            image,
-            tf.debugging.Assert(
-                side >= need,
-                [
-                    f"Image too small for feature layer {layer}: its short side must be at "
-                    f"least {need} px, got",
-                    side,
-                ],
-            ),
-        )
-        return tf.cast(extractor(image[tf.newaxis], training=False)[0], tf.float32)
-
     def features(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        extract = _feature_extractor(extractor, layer, feature_side, need, max_pixels)
         return _feature_batch(extract, images, channels)
 
     def metadata_fn(request: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -411,7 +375,7 @@ def build_export(
 
     strings = [tf.TensorSpec([None], tf.string, name="images")]
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(net)
     archive.add_endpoint("serving_default", serving_default, strings)
     archive.add_endpoint(
         "detect_images",
@@ -443,6 +407,7 @@ def next_version(export_dir: str | os.PathLike) -> int:
 
 
 def _write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
+    """`assets.extra/overfeat_export.json` inside a (still temporary) version directory."""
     extra = directory / METADATA_DIR
     extra.mkdir(exist_ok=True)
     (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -457,19 +422,20 @@ def export_model(
     """Write the SavedModel to `export_dir/<version>/` for TF Serving; returns that path.
 
     The model is written to a hidden temporary directory inside `export_dir` and renamed
-    (atomic), so TF Serving never sees a partial version. On any failure the temporary
-    directory (and `export_dir`, if this call created it and it is empty) is removed.
+    (`atomic.atomic_path`), so TF Serving never sees a partial version. On any failure the
+    temporary directory (and `export_dir`, if this call created it and it is empty) is
+    removed.
 
     Args:
-        model: an `OverFeat` model.
+        model: an `OverFeatDetector` or an `OverFeat` network.
         export_dir: the model's base directory (TF Serving's `--model_base_path`).
         version: a positive int; None = 1 + the largest existing numeric version.
-        options: `ExportOptions` (defaults if None).
+        options: `ExportOptions` (default: `ExportOptions.of_model(model)`).
 
     Raises:
         ValueError: bad version (or already there), options or model.
     """
-    options = options or ExportOptions()
+    options = options or ExportOptions.of_model(model)
     if version is not None and not _positive_int(version):
         raise ValueError(f"version must be a positive int, got {version!r}.")
     export_dir = Path(export_dir)
@@ -484,18 +450,13 @@ def export_model(
         )
     metadata = export_metadata(model, options)  # validates before anything is written
     created = not export_dir.exists()
-    export_dir.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=export_dir))
     try:
-        # Every function traced without XLA: TF Serving may lack the XLA JIT.
-        with jit_compile_default(False):
-            archive = build_export(model, options)
-            archive.write_out(str(temporary), verbose=False)
-        _write_metadata(temporary, metadata)
-        os.chmod(temporary, 0o755)  # mkdtemp makes it 0700; a server may run as another user
-        os.replace(temporary, target)
+        with atomic_path(target, directory=True) as temporary:
+            # Every function traced without XLA: TF Serving may lack the XLA JIT.
+            with jit_compile_default(False):
+                build_export(model, options).write_out(str(temporary), verbose=False)
+            _write_metadata(temporary, metadata)
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
         if created:
             try:
                 export_dir.rmdir()
@@ -508,17 +469,3 @@ def export_model(
 def read_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
     """The `assets.extra/overfeat_export.json` of an exported version directory."""
     return json.loads((Path(version_dir) / METADATA_DIR / METADATA_FILE).read_text())
-
-
-def load_keras_model(path: str | os.PathLike) -> keras.Model:
-    """`keras.models.load_model` of an OverFeat `.keras` file, with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file {path} not found.")
-    try:
-        model = keras.models.load_model(path)
-    except Exception as error:  # a bad zip, a non-Keras file, an unknown class, ...
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"Could not load {path} as a Keras model: {first}") from error
-    _check_model(model)
-    return model

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
-from overfeat_tf import data
+from overfeat_tf import data, image_io, tfds_io
 from overfeat_tf.config import ModelConfig
 from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.models import OverFeat
@@ -121,7 +121,7 @@ def decode_detection_example(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Ten
             "Localization and detection need a detection dataset (`objects/bbox`, "
             f"`objects/label`); this one has {sorted(example)}."
         )
-    image = data.decode_image(example["image"])
+    image = image_io.to_rgb(example["image"])
     return image, tf.cast(objects["bbox"], tf.float32), tf.cast(objects["label"], tf.int32)
 
 
@@ -132,7 +132,8 @@ def random_spatial_crop(
     short_sides: Sequence[int],
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Rescale (short side drawn from `short_sides`), random `size` crop, random flip.
+    """Rescale (short side drawn from `short_sides`; `image_io.short_side_size` and
+    `image_io.resize`), random `size` crop, random flip.
 
     Args:
         image: `[H, W, 3]` float32 0..255.
@@ -148,10 +149,8 @@ def random_spatial_crop(
     seeds = tf.random.experimental.stateless_split(seed, num=4)
     sides = tf.constant(list(short_sides), tf.int32)
     side = sides[tf.random.stateless_uniform([], seeds[0], 0, len(short_sides), tf.int32)]
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_hw = tf.cast(tf.round(hw * tf.cast(side, tf.float32) / tf.reduce_min(hw)), tf.int32)
-    new_hw = tf.maximum(new_hw, size)
-    image = tf.image.resize(image, new_hw, antialias=True)
+    new_hw = image_io.short_side_size(tf.shape(image)[:2], side)  # each side >= side >= size
+    image = image_io.resize(image, new_hw)
     y0 = tf.random.stateless_uniform([], seeds[1], 0, new_hw[0] - size + 1, tf.int32)
     x0 = tf.random.stateless_uniform([], seeds[2], 0, new_hw[1] - size + 1, tf.int32)
     image = image[y0 : y0 + size, x0 : x0 + size]
@@ -184,7 +183,7 @@ def spatial_dataset(
     `[B, h, w, 5]`}) for `fit`, repeated forever (targets as in `spatial_targets`).
 
     With an `input_context` (`strategy.distribute_datasets_from_function`), this input
-    pipeline's shard (`data.raw_split`) and the per-replica batch (`batch_size` is global).
+    pipeline's shard (`tfds_io.raw_split`) and the per-replica batch (`batch_size` is global).
     """
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
@@ -194,7 +193,7 @@ def spatial_dataset(
         raise ValueError(f"Every short side {sides} must be >= the training size {size}.")
     if config.output_size(size) < 1:
         raise ValueError(f"train_size {size} is smaller than the net's crop {config.crop_size}.")
-    dataset = data.raw_split(
+    dataset = tfds_io.raw_split(
         name_or_dataset, split, data_dir, shuffle_files=True, seed=seed, input_context=input_context
     )
     dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()

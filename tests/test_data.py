@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from overfeat_tf import data
+from overfeat_tf import data, image_io, tfds_io
 
 TOY_NAME = "overfeat_toy"
 TOY_CLASSES = ("red", "green", "blue")
@@ -113,8 +113,8 @@ def test_decode_image_eager_and_in_dataset(channels):
     expected = np.repeat(image[..., :1], 3, -1) if channels < 3 else image[..., :3]
     encoded = tf.io.encode_png(image)
     for source in (encoded, image):
-        eager = data.decode_image(source)
-        mapped = _in_dataset(data.decode_image, source)
+        eager = image_io.to_rgb(source)
+        mapped = _in_dataset(image_io.to_rgb, source)
         assert eager.dtype == tf.float32 and mapped.shape == (60, 90, 3)
         np.testing.assert_array_equal(eager.numpy(), expected)
         np.testing.assert_array_equal(mapped.numpy(), expected)
@@ -123,9 +123,9 @@ def test_decode_image_eager_and_in_dataset(channels):
 def test_decode_image_rejects_bad_bytes_eagerly_and_in_dataset():
     for bad in (b"", b"not an image", tf.io.encode_png(_image()).numpy()[:50]):
         with pytest.raises(tf.errors.InvalidArgumentError):
-            data.decode_image(tf.constant(bad))
+            image_io.to_rgb(tf.constant(bad))
         with pytest.raises(tf.errors.InvalidArgumentError):
-            _in_dataset(data.decode_image, tf.constant(bad))
+            _in_dataset(image_io.to_rgb, tf.constant(bad))
 
 
 # --- rescale, crops, flips ------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_training_dataset_cache_and_eval_modes():
     sizes = [int(labels.shape[0]) for _, labels in evaluation]
     assert sizes == [2, 2, 1]
     first = next(iter(evaluation))[0][0].numpy()
-    image = data.decode_image(next(iter(encoded_examples(1)))["image"])
+    image = image_io.to_rgb(next(iter(encoded_examples(1)))["image"])
     np.testing.assert_allclose(first, data.eval_crop(image, 64, 72).numpy(), atol=1e-3)
 
 
@@ -342,9 +342,9 @@ def test_training_dataset_on_detection_schema():
 
 
 def test_tfds_dataset_by_name(toy_data_dir):
-    builder = data.load_builder(TOY_NAME, toy_data_dir)
-    assert data.class_names(builder) == list(TOY_CLASSES)
-    assert data.num_examples(builder, "train") == TOY_SPLITS["train"]
+    builder = tfds_io.load_builder(TOY_NAME, toy_data_dir)
+    assert tfds_io.class_names(builder) == list(TOY_CLASSES)
+    assert tfds_io.num_examples(builder, "train") == TOY_SPLITS["train"]
     dataset = data.training_dataset(TOY_NAME, "train", 231, 8, data_dir=toy_data_dir)
     images, labels = next(iter(dataset))
     assert images.shape == (8, 231, 231, 3) and set(labels.numpy()) <= {0, 1, 2}
@@ -355,17 +355,17 @@ def test_tfds_dataset_by_name(toy_data_dir):
 
 def test_imagenet_without_manual_files_says_where_the_tars_go(tmp_path):
     with pytest.raises(ValueError) as error:
-        data.load_builder("imagenet2012", data_dir=tmp_path)
+        tfds_io.load_builder("imagenet2012", data_dir=tmp_path)
     message = str(error.value)
     assert "~/tensorflow_datasets/downloads/manual/" in message
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
     assert str(tmp_path / "downloads" / "manual") in message
     manual = tmp_path / "manual"
     manual.mkdir()
-    for name in data.IMAGENET_TARS.values():
+    for name in tfds_io.IMAGENET_TARS.values():
         (manual / name).touch()
-    data.check_imagenet_manual_files(manual, ("train", "validation"))  # no error
-    (manual / data.IMAGENET_TARS["train"]).unlink()
+    tfds_io.check_imagenet_manual_files(manual, ("train", "validation"))  # no error
+    (manual / tfds_io.IMAGENET_TARS["train"]).unlink()
     with pytest.raises(ValueError, match=r"ILSVRC2012_img_train\.tar not found"):
-        data.check_imagenet_manual_files(manual, ("train",))
-    data.check_imagenet_manual_files(manual, ("validation",))  # only that split's tar needed
+        tfds_io.check_imagenet_manual_files(manual, ("train",))
+    tfds_io.check_imagenet_manual_files(manual, ("validation",))  # only that split's tar needed

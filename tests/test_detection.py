@@ -1,6 +1,5 @@
-"""Detection inference: geometry of predicted boxes, the dense box set, the merged output."""
+"""The box stage: geometry of predicted boxes, top-k scores, detection options."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +7,6 @@ import tensorflow as tf
 from overfeat_tf import detection
 from overfeat_tf.config import TINY
 from overfeat_tf.inference import LevelOutput
-from overfeat_tf.models import OverFeat
 from overfeat_tf.pyramid import build_pyramid
 
 
@@ -69,52 +67,6 @@ def test_level_scores_and_classes_are_the_top_k_probabilities():
     np.testing.assert_allclose(boxes.numpy()[0], [0, 0, 231 / 263, 231 / 263], atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def detector():
-    keras.utils.set_random_seed(3)
-    names = [f"shape{i}" for i in range(TINY.num_classes)]
-    return OverFeat(
-        "tiny",
-        regressor="class_specific",
-        background=True,
-        class_names=names,
-        kernel_initializer="he_normal",
-    )
-
-
-def test_detect_tensor_in_graph_and_notebook_api_agree(detector):
-    image = np.random.default_rng(2).uniform(0, 255, size=(260, 330, 3)).astype("float32")
-    options = detection.DetectionOptions(scales=(231, 280), top_k=2, max_detections=20)
-    fn = tf.function(
-        lambda x: detection.detect_tensor(detector, x, options),
-        input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
-    )
-    out = fn(image)
-    n = int(out["num_detections"])
-    assert out["detection_boxes"].shape == (20, 4) and 0 < n <= 20
-    assert out["class_scores"].shape == (TINY.num_classes,)
-    scores = out["detection_scores"].numpy()
-    assert np.all(np.diff(scores[:n]) <= 0) and not scores[n:].any()
-    found = detection.detect(detector, image, options)
-    np.testing.assert_allclose(
-        found["boxes"] / [260, 330, 260, 330], out["detection_boxes"][:n], atol=1e-5
-    )
-    assert found["class_names"][0] == f"shape{found['class_ids'][0]}"
-    # the merge conserves confidence: accumulated scores add up to the merged boxes' scores
-    options = options.replace(max_detections=4000)
-    scores = detection.detect_tensor(detector, image, options)["detection_scores"].numpy()
-    _, dense_scores, _, _ = detection.dense_boxes(detector, image, options)
-    kept = np.sort(dense_scores.numpy())[::-1][: options.max_boxes]
-    assert np.isclose(scores.sum(), kept[kept >= options.score_threshold].sum(), rtol=1e-4)
-
-
-def test_localize_gives_one_box_per_class(detector):
-    image = np.random.default_rng(4).uniform(0, 255, size=(240, 300, 3)).astype("uint8")
-    found = detection.localize(detector, image, guesses=3, scales=(231,))
-    assert len(found["class_ids"]) == len(set(found["class_ids"].tolist())) <= 3
-    assert found["boxes"].shape[1] == 4
-
-
 def test_options_are_checked():
     with pytest.raises(ValueError, match="top_k"):
         detection.DetectionOptions(top_k=0)
@@ -122,24 +74,3 @@ def test_options_are_checked():
         detection.DetectionOptions(score_threshold=1.5)
     with pytest.raises(ValueError, match="scale"):
         detection.DetectionOptions(scales=(-3,))
-
-
-def test_nms_keeps_the_best_box_of_each_overlapping_group_per_class():
-    boxes = tf.constant(
-        [[0, 0, 10, 10], [0, 1, 10, 11], [0, 0, 10, 10], [20, 20, 30, 30]], tf.float32
-    )
-    scores = tf.constant([0.9, 0.8, 0.7, 0.6])
-    classes = tf.constant([1, 1, 2, 1])
-    out = detection.class_nms(boxes, scores, classes, iou=0.5, max_output=6)
-    assert int(out.num_merged) == 3
-    np.testing.assert_allclose(out.scores.numpy()[:3], [0.9, 0.7, 0.6])
-    np.testing.assert_array_equal(out.classes.numpy()[:3], [1, 2, 1])
-    assert out.boxes.shape == (6, 4) and not out.scores.numpy()[3:].any()
-
-
-def test_detect_with_nms_option(detector):
-    image = np.random.default_rng(5).uniform(0, 255, size=(240, 260, 3)).astype("float32")
-    options = detection.DetectionOptions(scales=(231,), top_k=1, combine="nms", max_detections=10)
-    out = detection.detect_tensor(detector, image, options)
-    n = int(out["num_detections"])
-    assert 0 < n <= 10 and np.all(out["detection_members"].numpy()[:n] == 1)

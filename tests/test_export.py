@@ -19,9 +19,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from overfeat_tf import pyramid, serving
-from overfeat_tf.detection import detect, detect_tensor
-from overfeat_tf.features import extract_features, resize_short_side
-from overfeat_tf.image_io import decode_image
+from overfeat_tf.detector import OverFeatDetector, detect
+from overfeat_tf.features import extract_features
+from overfeat_tf.image_io import decode_image, resize_short_side
 from overfeat_tf.models import OverFeat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ MAX_PIXELS = 500_000
 PY_OPS = {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
 SAVED_MODEL_CLI = "tensorflow.python.tools.saved_model_cli"
 CLI_OPTIONS = [
-    "--scales", "231", "263",
+    "--scales", "231,263",
     "--max-pixels", str(MAX_PIXELS),
     "--max-detections", "20",
     "--feature-layer", "pool5",
@@ -89,8 +89,9 @@ IMAGES = {  # name -> encoded bytes; different sizes, formats and channel counts
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """(keras model as loaded from .keras, version dir, export options) via `export.py`."""
+    """(detector as loaded from .keras, version dir, export options) via `export.py`."""
     tmp = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(0)
     model = OverFeat(
         "tiny",
         regressor="class_specific",
@@ -98,7 +99,7 @@ def exported(tmp_path_factory):
         class_names=CLASS_NAMES,
         kernel_initializer="he_normal",
     )
-    model.save(tmp / "tiny.keras")
+    OverFeatDetector(model).save(tmp / "tiny.keras")  # what train.py --task detect saves
     base = tmp / "serving"
     args = ["--model", str(tmp / "tiny.keras"), "--export-dir", str(base), *CLI_OPTIONS]
     assert export_cli.main(args) == 0
@@ -135,7 +136,7 @@ def test_export_writes_one_version_with_its_options_and_class_names(exported, lo
     assert from_file["options"]["scales"] == [231, 263]
     assert from_file["options"]["max_pixels"] == MAX_PIXELS
     assert from_file["options"]["feature_layer"] == "pool5"
-    assert from_file["options"]["feature_size"] == model.config.crop_size
+    assert from_file["options"]["feature_size"] == model.backbone.config.crop_size
     assert from_file["model"]["architecture"] == "tiny"
     assert from_file["model"]["background"] is True
     assert set(loaded.signatures) == set(serving.SIGNATURES)
@@ -218,22 +219,22 @@ def test_fresh_process_without_overfeat_tf_equals_in_package_detect(exported, tm
     got = np.load(output)
     assert bool(got["blocked"]) and got["imported"].size == 0
 
-    detection = options.detection_options()
+    detector = OverFeatDetector.from_options(model, options.detection_options())
     for b, name in enumerate(names):
         image = decode_image(IMAGES[name])
         size = np.array(list(image.shape[:2]) * 2, np.float32)
-        want = detect(model, IMAGES[name], detection)  # pixels of the original image
+        want = detect(detector, IMAGES[name])  # pixels of the original image
         n = int(got["num_detections"][b])
         assert n == len(want["scores"]) > 0, name
         np.testing.assert_allclose(got["detection_boxes"][b, :n] * size, want["boxes"], atol=1e-2)
         np.testing.assert_allclose(got["detection_scores"][b, :n], want["scores"], rtol=1e-4)
-        np.testing.assert_array_equal(got["detection_classes"][b, :n], want["class_ids"])
+        np.testing.assert_array_equal(got["detection_classes"][b, :n], want["classes"])
         assert [x.decode() for x in got["detection_class_names"][b, :n]] == want["class_names"]
         np.testing.assert_array_equal(got["detection_boxes"][b, n:], 0)
-        scores = detect_tensor(model, tf.cast(image, tf.float32), detection)["class_scores"]
-        top = np.argsort(-scores.numpy(), kind="stable")[:3]
+        scores = detector.dense_boxes(detector.levels(tf.cast(image, tf.float32)))[3].numpy()
+        top = np.argsort(-scores, kind="stable")[:3]
         np.testing.assert_array_equal(got["classes"][b, :3], top)
-        np.testing.assert_allclose(got["scores"][b, :3], scores.numpy()[top], rtol=1e-5)
+        np.testing.assert_allclose(got["scores"][b, :3], scores[top], rtol=1e-5)
 
 
 # --- the other signatures ----------------------------------------------------------------------
@@ -253,7 +254,8 @@ def test_classify_equals_the_multi_scale_class_scores(exported, loaded):
     out = loaded.signatures["classify"](images=_strings("rgb.jpg", "gray.png"))
     for b, name in enumerate(["rgb.jpg", "gray.png"]):
         image = tf.cast(decode_image(IMAGES[name]), tf.float32)
-        scores = detect_tensor(model, image, options.detection_options())["class_scores"].numpy()
+        detector = OverFeatDetector.from_options(model, options.detection_options())
+        scores = detector.dense_boxes(detector.levels(image))[3].numpy()
         top = np.argsort(-scores, kind="stable")
         np.testing.assert_array_equal(out["classes"].numpy()[b, :3], top)
         np.testing.assert_allclose(out["scores"].numpy()[b, :3], scores[top], rtol=1e-5)
@@ -272,8 +274,8 @@ def test_features_equal_extract_features_and_maps_are_padded(exported, loaded):
     maps = out["feature_maps"].numpy()
     assert maps.shape[1:3] == tuple(sizes.max(axis=0))
     for b, name in enumerate(names):
-        image = resize_short_side(decode_image(IMAGES[name]), model.config.crop_size)
-        dense = extract_features(model, image.numpy(), "pool5")
+        image = resize_short_side(decode_image(IMAGES[name]), model.backbone.config.crop_size)
+        dense = extract_features(model.backbone, image.numpy(), "pool5")
         h, w = sizes[b]
         assert dense.shape[:2] == (h, w)
         np.testing.assert_allclose(maps[b, :h, :w], dense, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from overfeat_tf import features as ft
+from overfeat_tf import image_io
 from overfeat_tf.config import ACCURATE, FAST, TINY
 from overfeat_tf.models import OverFeat
 from tests import reference as ref
@@ -190,7 +191,7 @@ def test_cli_writes_one_npy_per_image(model, model_file, image_dir, tmp_path, ca
     assert "Wrote 3 of 3 feature files" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["gray.png.npy", "tall.JPG.npy", "wide.png.npy"]
     for name, (h, w) in {"wide.png": (231, 308), "tall.JPG": (355, 231)}.items():
-        image = ft.resize_short_side(ft.read_image(image_dir / name), 231)
+        image = ft.resize_short_side(image_io.load_image(image_dir / name), 231)
         assert image.shape[:2] == (h, w)
         got = np.load(out / f"{name}.npy")
         assert got.dtype == np.float32
@@ -209,7 +210,7 @@ def test_cli_pooled_numbered_layer_and_original_size(model, model_file, image_di
     assert _cli(model_file, image_dir, out, "--layer", "19", "--pooled", "--size", "0") == 0
     gray = np.load(out / "gray.png.npy")
     assert gray.shape == (128,)
-    pixels = ft.read_image(image_dir / "gray.png").numpy().astype(np.float32)
+    pixels = image_io.load_image(image_dir / "gray.png").numpy().astype(np.float32)
     assert pixels.shape == (231, 231, 3)
     want = ft.extract_features(model, pixels, "fc7", pooled=True)
     np.testing.assert_allclose(gray, want, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from overfeat_tf import merge as M
+from overfeat_tf import merge_greedy as G
 from overfeat_tf.merge import (
     MERGE_THRESHOLD,
     batched_greedy_merge,
@@ -163,7 +164,7 @@ def test_many_small_classes_share_lanes(rng, jit_compile):
 
 
 def test_many_classes_use_several_lane_groups(rng):
-    num_classes = 2 * M._LANES + 3  # several groups, some lanes padded
+    num_classes = 2 * G._LANES + 3  # several groups, some lanes padded
     boxes, scores, _ = clustered_set(rng, 160, 1)
     classes = rng.integers(0, num_classes, 160) * 7  # sparse, unordered class ids
     classes[:40] = 35  # one big class
@@ -325,11 +326,11 @@ def test_bad_input_raises():
 # --- XLA and plain-TF paths, compaction --------------------------------------------------------
 def _merge_fn(jit_compile, dtype=tf.float64):
     """A fresh trace of `greedy_merge` (so that patched module constants take effect)."""
-    graph = tf.function(M._greedy_merge_graph.python_function, reduce_retracing=True)
+    graph = tf.function(G.greedy_merge_graph.python_function, reduce_retracing=True)
 
     def run(boxes, scores, classes, threshold):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(M, "_greedy_merge_graph", graph)
+            patch.setattr(G, "greedy_merge_graph", graph)
             np_dtype = dtype.as_numpy_dtype
             r = greedy_merge(
                 np.asarray(boxes, np_dtype),
@@ -349,10 +350,10 @@ def _merge_fn(jit_compile, dtype=tf.float64):
 def test_compaction_and_shared_lanes_keep_results(monkeypatch, jit_compile):
     # Tiny arrays and frequent compaction (the clusters left are packed many times), and
     # small classes sharing lanes.
-    monkeypatch.setattr(M, "_MIN_BUCKET", 32)
-    monkeypatch.setattr(M, "_SHRINK", 2)
-    monkeypatch.setattr(M, "_MIN_KEEP", 2)
-    monkeypatch.setattr(M, "_PACK", 12)
+    monkeypatch.setattr(G, "_MIN_BUCKET", 32)
+    monkeypatch.setattr(G, "_SHRINK", 2)
+    monkeypatch.setattr(G, "_MIN_KEEP", 2)
+    monkeypatch.setattr(G, "_PACK", 12)
     run = _merge_fn(jit_compile)
     seeds = range(6) if not jit_compile else range(2)
     for seed in seeds:

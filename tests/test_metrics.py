@@ -1,9 +1,8 @@
-"""Detection AP (cross-checked against pycocotools), localization error, `detection_eval`."""
+"""Detection AP (COCOeval, checked on hand-computed cases and against a NumPy reference),
+localization error, `detection_eval`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import keras
@@ -14,192 +13,108 @@ import tensorflow_datasets as tfds
 
 from overfeat_tf import detection_eval, metrics
 from overfeat_tf.datasets.shapes import SHAPE_CLASSES, render_example
-from overfeat_tf.detection import DetectionOptions, detect_tensor
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.models import OverFeat
 
-# --- pycocotools reference ---------------------------------------------------------------------
+# --- NumPy reference of COCO's 101-point AP ----------------------------------------------------
 
 
-def _coco_ap(det, gt, num_images, num_classes, iou=0.5):
-    """Per-class AP `[C]` (NaN without ground truth) by pycocotools' COCOeval, on the same
-    boxes: yxyx in pixels -> COCO xywh; image i -> id i + 1, class c -> id c + 1."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def _iou_yxyx(a, b):
+    """IoU of two yxyx boxes, continuous coordinates."""
+    h = min(a[2], b[2]) - max(a[0], b[0])
+    w = min(a[3], b[3]) - max(a[1], b[1])
+    inter = h * w if h > 0 and w > 0 else 0.0
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
-    def xywh(box):
-        y0, x0, y1, x1 = (float(v) for v in box)
-        return [x0, y0, x1 - x0, y1 - y0]
 
-    annotations = []
-    for k, (box, cls, img) in enumerate(zip(*gt, strict=True)):
-        bbox = xywh(box)
-        annotations.append(
-            {
-                "id": k + 1,  # COCOeval needs ids > 0
-                "image_id": int(img) + 1,
-                "category_id": int(cls) + 1,
-                "bbox": bbox,
-                "area": bbox[2] * bbox[3],
-                "iscrowd": 0,
-            }
-        )
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = {
-            "images": [{"id": i + 1, "height": 100, "width": 100} for i in range(num_images)],
-            "annotations": annotations,
-            "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
-        }
-        coco_gt.createIndex()
-        results = [
-            {
-                "image_id": int(img) + 1,
-                "category_id": int(cls) + 1,
-                "bbox": xywh(box),
-                "score": float(score),
-            }
-            for box, score, cls, img in zip(*det, strict=True)
-        ]
-        coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        evaluator.params.iouThrs = np.array([iou])
-        evaluator.params.maxDets = [len(results) + 1]
-        evaluator.params.areaRng = [[0, 1e10]]
-        evaluator.params.areaRngLbl = ["all"]
-        evaluator.evaluate()
-        evaluator.accumulate()
-    precision = evaluator.eval["precision"][0, :, :, 0, -1]  # [R, K]
-    return np.array(
-        [
-            precision[:, k].mean() if (precision[:, k] > -1).all() else np.nan
-            for k in range(num_classes)
-        ]
-    )
+def _reference_ap(det, gt, num_classes, iou=0.5):
+    """Per-class COCO AP `[C]` written out plainly: rank by score (ties: image, then input
+    order), greedy matching to the best free ground truth of the image, 101-point
+    interpolated precision envelope."""
+    det_boxes, det_scores, det_classes, det_images = (np.asarray(a) for a in det)
+    gt_boxes, gt_classes, gt_images = (np.asarray(a) for a in gt)
+    result = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        gts = np.flatnonzero(gt_classes == c)
+        if gts.size == 0:
+            continue
+        dets = np.flatnonzero(det_classes == c)
+        dets = dets[np.lexsort((dets, det_images[dets], -det_scores[dets]))]
+        taken, tp = set(), []
+        for d in dets:
+            best, best_iou = None, iou
+            for g in gts:
+                if g in taken or gt_images[g] != det_images[d]:
+                    continue
+                overlap = _iou_yxyx(det_boxes[d], gt_boxes[g])
+                if overlap >= best_iou:
+                    best, best_iou = g, overlap
+            tp.append(best is not None)
+            if best is not None:
+                taken.add(best)
+        tp = np.array(tp, bool)
+        tps, fps = np.cumsum(tp), np.cumsum(~tp)
+        recall = tps / gts.size
+        precision = tps / np.maximum(tps + fps, 1)
+        envelope = [precision[i:].max() for i in range(tp.size)]
+        values = []
+        for r in np.linspace(0, 1, 101):
+            reached = np.flatnonzero(recall >= r)
+            values.append(envelope[reached[0]] if reached.size else 0.0)
+        result[c] = np.mean(values)
+    return result
 
 
 def _random_split(seed, num_images=12, num_classes=5):
-    """Random ground truth and detections on integer pixel boxes, with every case COCOeval
-    distinguishes: images without ground truth, classes without detections or without
-    ground truth, duplicate detections, tied scores, near-misses."""
+    """Random normalized ground truth and detections with every case COCO distinguishes:
+    images without ground truth or without detections, a class never detected (0) and one
+    without ground truth (the last), duplicates, tied scores, near-misses."""
     rng = np.random.default_rng(seed)
     gt_boxes, gt_classes, gt_images = [], [], []
     for img in range(num_images):
         if img % 4 == 3:
             continue  # no ground truth in this image
         for _ in range(rng.integers(1, 5)):
-            y0, x0 = rng.integers(0, 60, 2)
-            h, w = rng.integers(5, 40, 2)
+            y0, x0 = rng.uniform(0, 0.6, 2)
+            h, w = rng.uniform(0.05, 0.4, 2)
             gt_boxes.append([y0, x0, y0 + h, x0 + w])
-            gt_classes.append(rng.integers(0, num_classes - 1))  # the last class: no gt
+            gt_classes.append(rng.integers(0, num_classes - 1))
             gt_images.append(img)
-    gt_boxes = np.array(gt_boxes, np.float64)
+    gt_boxes = np.array(gt_boxes)
     det_boxes, det_classes, det_images = [], [], []
     for box, cls, img in zip(gt_boxes, gt_classes, gt_images, strict=True):
-        if cls == 0:
-            continue  # class 0: never detected
+        if cls == 0 or img % 5 == 4:
+            continue  # class 0 never detected; images 4, 9, ...: no detection of their objects
         for _ in range(rng.integers(0, 4)):  # 0-3 jittered copies: misses, hits, duplicates
-            det_boxes.append(box + rng.integers(-6, 7, 4) * [1, 1, 1, 1])
+            det_boxes.append(box + rng.uniform(-0.06, 0.06, 4))
             det_classes.append(cls if rng.random() < 0.85 else rng.integers(1, num_classes))
             det_images.append(img)
     for _ in range(3 * num_images):  # false positives anywhere
-        y0, x0 = rng.integers(0, 60, 2)
-        h, w = rng.integers(5, 40, 2)
+        y0, x0 = rng.uniform(0, 0.6, 2)
+        h, w = rng.uniform(0.05, 0.4, 2)
         det_boxes.append([y0, x0, y0 + h, x0 + w])
         det_classes.append(rng.integers(1, num_classes))
-        det_images.append(rng.integers(0, num_images))
-    det_boxes = np.array(det_boxes, np.float64)
-    det_boxes[:, 2:] = np.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 1)
-    # Scores on a coarse grid: many ties, within and across images.
-    scores = rng.integers(1, 8, len(det_boxes)) / 8
+        det_images.append(rng.choice([i for i in range(num_images) if i % 5 != 4]))
+    det_boxes = np.array(det_boxes)
+    det_boxes[:, 2:] = np.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 0.01)
+    scores = rng.integers(1, 8, len(det_boxes)) / 8  # a coarse grid: ties within and across images
     det = (det_boxes, scores, np.array(det_classes), np.array(det_images))
     gt = (gt_boxes, np.array(gt_classes), np.array(gt_images))
     return det, gt
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_average_precision_equals_cocoeval(seed):
-    num_images, num_classes = 12, 5
+@pytest.mark.parametrize(("seed", "iou"), [(0, 0.5), (1, 0.5), (2, 0.5), (3, 0.3), (4, 0.75)])
+def test_average_precision_equals_the_numpy_reference(seed, iou):
+    num_images, num_classes = 20, 5
     det, gt = _random_split(seed, num_images, num_classes)
-    ours = metrics.average_precision(*det, *gt, num_classes=num_classes)
-    want = _coco_ap(det, gt, num_images, num_classes)
-    np.testing.assert_allclose(ours, want, atol=1e-6, equal_nan=True)
+    ours = metrics.average_precision(*det, *gt, num_classes=num_classes, iou_threshold=iou)
+    want = _reference_ap(det, gt, num_classes, iou)
+    np.testing.assert_allclose(ours, want, atol=1e-9, equal_nan=True)
     assert np.isnan(ours[-1]) and ours[0] == 0.0  # no ground truth; never detected
-    assert metrics.mean_average_precision(ours) == pytest.approx(np.nanmean(want), abs=1e-6)
-
-
-@pytest.mark.parametrize("iou", [0.3, 0.75])
-def test_average_precision_equals_cocoeval_at_other_thresholds(iou):
-    det, gt = _random_split(10, 20, 4)
-    ours = metrics.average_precision(*det, *gt, num_classes=4, iou_threshold=iou)
-    np.testing.assert_allclose(ours, _coco_ap(det, gt, 20, 4, iou), atol=1e-6, equal_nan=True)
-
-
-def test_average_precision_equals_cocoeval_on_a_larger_split():
-    det, gt = _random_split(99, num_images=200, num_classes=8)
-    ours = metrics.average_precision(*det, *gt, num_classes=8)
-    np.testing.assert_allclose(ours, _coco_ap(det, gt, 200, 8), atol=1e-6, equal_nan=True)
-
-
-def test_ties_in_iou_match_the_later_ground_truth_as_cocoeval():
-    # Two identical ground-truth boxes and two detections: the first detection overlaps both
-    # equally; which one it takes decides whether the second detection can match.
-    gt = (np.array([[0, 0, 10, 10], [0, 0, 10, 10.0], [0, 20, 10, 30]]), [0, 0, 0], [0, 0, 0])
-    det = (
-        np.array([[0, 0, 10, 10], [0, 0, 10, 9.0], [0, 20, 10, 30]]),
-        [0.9, 0.8, 0.7],
-        [0] * 3,
-        [0] * 3,
-    )
-    tp, matched = metrics.match_detections(*det, *gt)
-    assert matched.tolist() == [1, 0, 2] and tp.all()
-    np.testing.assert_allclose(
-        metrics.average_precision(*det, *gt), _coco_ap(det, gt, 1, 1), atol=1e-6
-    )
-
-
-# --- hand-made cases ---------------------------------------------------------------------------
-
-
-def test_perfect_detections_have_ap_one():
-    gt_boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.3, 0.9, 0.8], [0, 0, 1, 1]])
-    ap = metrics.average_precision(
-        gt_boxes, [0.9, 0.8, 0.7], [0, 1, 1], [0, 0, 1], gt_boxes, [0, 1, 1], [0, 0, 1]
-    )
-    np.testing.assert_allclose(ap, [1.0, 1.0], atol=1e-12)  # precision tp / (tp + fp + eps)
-    assert metrics.mean_average_precision(ap) == pytest.approx(1.0)
-
-
-def test_false_detections_have_ap_zero():
-    gt_boxes = np.array([[0.1, 0.1, 0.5, 0.5]])
-    wrong_place = np.array([[0.6, 0.6, 0.9, 0.9]])
-    ap = metrics.average_precision(wrong_place, [0.9], [0], [0], gt_boxes, [0], [0], num_classes=3)
-    assert ap[0] == 0.0 and np.isnan(ap[1:]).all()
-    # the right box with the wrong class, or in another image
-    assert metrics.average_precision(gt_boxes, [0.9], [1], [0], gt_boxes, [0], [0])[0] == 0.0
-    assert metrics.average_precision(gt_boxes, [0.9], [0], [1], gt_boxes, [0], [0])[0] == 0.0
-
-
-def test_known_ap_with_a_false_positive_ranked_first():
-    # ranking: FP, TP, TP over 2 ground-truth boxes -> precision 0, 1/2, 2/3 at recall 0, 1/2, 1;
-    # envelope 2/3 everywhere -> AP = 2/3.
-    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]])
-    det = np.array([[50, 50, 60, 60], [0, 0, 10, 10], [20, 20, 30, 30.0]])
-    ap = metrics.average_precision(det, [0.9, 0.8, 0.7], [0, 0, 0], [0, 0, 0], gt, [0, 0], [0, 0])
-    assert ap[0] == pytest.approx(2 / 3)
-    # half the objects found, perfectly ranked: precision 1 up to recall 0.5 -> 51 / 101.
-    ap = metrics.average_precision(det[1:2], [0.9], [0], [0], gt, [0, 0], [0, 0])
-    assert ap[0] == pytest.approx(51 / 101)
-
-
-def test_duplicates_are_false_positives_and_empty_inputs_work():
-    gt = np.array([[0, 0, 10, 10.0]])
-    det = np.array([[0, 0, 10, 10], [0, 0, 10, 10.0]])
-    tp, matched = metrics.match_detections(det, [0.5, 0.9], [0, 0], [0, 0], gt, [0], [0])
-    assert tp.tolist() == [False, True] and matched.tolist() == [-1, 0]
-    ap = metrics.average_precision(np.zeros((0, 4)), [], [], [], gt, [0], [0])
-    assert ap.tolist() == [0.0]
-    ap = metrics.average_precision(det, [0.5, 0.9], [0, 0], [0, 0], np.zeros((0, 4)), [], [])
-    assert np.isnan(ap).all() and np.isnan(metrics.mean_average_precision(ap))
+    assert 0 < np.nanmean(ours[1:]) < 1
+    assert metrics.mean_average_precision(ours) == pytest.approx(np.nanmean(want), abs=1e-9)
 
 
 def test_accumulator_gives_the_flat_arrays_result():
@@ -211,6 +126,114 @@ def test_accumulator_gives_the_flat_arrays_result():
     np.testing.assert_array_equal(
         acc.average_precision(), metrics.average_precision(*det, *gt, num_classes=4)
     )
+    np.testing.assert_allclose(acc.average_precision(), _reference_ap(det, gt, 4), atol=1e-9)
+
+
+# --- hand-computed cases -----------------------------------------------------------------------
+
+EPS = 1e-12  # COCO's precision is tp / (tp + fp + np.spacing(1))
+A, B, FAR = [0.0, 0.0, 0.1, 0.1], [0.2, 0.2, 0.3, 0.3], [0.5, 0.5, 0.6, 0.6]
+
+
+def _ap(det_boxes, scores, gt_boxes, num_classes=1, **kwargs):
+    """AP of one image whose detections and ground truth are all class 0."""
+    n, m = len(scores), len(gt_boxes)
+    return metrics.average_precision(
+        np.reshape(det_boxes, (n, 4)), scores, [0] * n, [0] * n,
+        np.reshape(gt_boxes, (m, 4)), [0] * m, [0] * m, num_classes, **kwargs,
+    )  # fmt: skip
+
+
+def test_perfect_detections_have_ap_one():
+    gt_boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.3, 0.9, 0.8], [0, 0, 1, 1]])
+    ap = metrics.average_precision(
+        gt_boxes, [0.9, 0.8, 0.7], [0, 1, 1], [0, 0, 1], gt_boxes, [0, 1, 1], [0, 0, 1]
+    )
+    np.testing.assert_allclose(ap, [1.0, 1.0], atol=EPS)
+    assert metrics.mean_average_precision(ap) == pytest.approx(1.0)
+
+
+def test_a_false_positive_ranked_above_the_true_positives():
+    # FP, TP over 1 object: precision 1/2 at recall 1 -> AP 1/2.
+    assert _ap([FAR, A], [0.9, 0.8], [A])[0] == pytest.approx(0.5)
+    # FP, TP, TP over 2 objects: precision 0, 1/2, 2/3 at recall 0, 1/2, 1 -> envelope 2/3.
+    assert _ap([FAR, A, B], [0.9, 0.8, 0.7], [A, B])[0] == pytest.approx(2 / 3)
+    # the same false positive ranked last changes nothing
+    assert _ap([A, B, FAR], [0.9, 0.8, 0.7], [A, B])[0] == pytest.approx(1.0)
+
+
+def test_a_missed_object():
+    # half the objects found, perfectly ranked: precision 1 up to recall 0.5 -> 51 / 101.
+    assert _ap([A], [0.9], [A, B])[0] == pytest.approx(51 / 101)
+    # no detection at all: AP 0 (and no result set for COCO to load)
+    assert _ap(np.zeros((0, 4)), [], [A]).tolist() == [0.0]
+
+
+def test_a_duplicate_detection_is_a_false_positive():
+    # A, A again, B over objects A and B: TP, FP, TP -> precision 1, 1/2, 2/3 at recall
+    # 1/2, 1/2, 1 -> 1 for the 51 thresholds up to 0.5, 2/3 for the 50 above.
+    ap = _ap([A, A, B], [0.9, 0.8, 0.7], [A, B])[0]
+    assert ap == pytest.approx((51 + 50 * 2 / 3) / 101)
+    # the higher score takes the object, even with the lower IoU: the better box is the FP
+    shifted = [0.0, 0.03, 0.1, 0.13]  # IoU 0.54 with A
+    assert _ap([shifted, A], [0.9, 0.8], [A, B])[0] == pytest.approx(51 / 101)
+    assert _ap([A, shifted, B], [0.9, 0.8, 0.7], [A, B])[0] == pytest.approx(ap)
+
+
+def test_iou_threshold_is_inclusive():
+    half = [0.0, 0.0, 0.1, 0.05]  # IoU exactly 0.5 with A
+    assert _ap([half], [0.9], [A], iou_threshold=0.5)[0] == pytest.approx(1.0)
+    assert _ap([half], [0.9], [A], iou_threshold=0.6)[0] == 0.0
+    assert _ap([A], [0.9], [A], iou_threshold=1.0)[0] == pytest.approx(1.0)
+
+
+def test_classes_without_ground_truth_are_nan_and_left_out_of_the_mean():
+    ap = metrics.average_precision([A, B], [0.9, 0.8], [0, 2], [0, 0], [A], [0], [0], 4)
+    assert ap[0] == pytest.approx(1.0) and np.isnan(ap[1:]).all()  # class 2's FP: no AP
+    assert metrics.mean_average_precision(ap) == pytest.approx(1.0)
+    ap = _ap([A, B], [0.5, 0.9], np.zeros((0, 4)))
+    assert np.isnan(ap).all() and np.isnan(metrics.mean_average_precision(ap))
+
+
+def test_false_detections_have_ap_zero():
+    ap = metrics.average_precision([FAR], [0.9], [0], [0], [A], [0], [0], num_classes=3)
+    assert ap[0] == 0.0 and np.isnan(ap[1:]).all()
+    # the right box with the wrong class, or in another image
+    assert metrics.average_precision([A], [0.9], [1], [0], [A], [0], [0])[0] == 0.0
+    assert metrics.average_precision([A], [0.9], [0], [1], [A], [0], [0])[0] == 0.0
+
+
+def test_empty_images_in_the_accumulator():
+    acc = metrics.DetectionAccumulator(num_classes=2)
+    assert np.isnan(acc.average_precision()).all()  # nothing added yet
+    empty, none = np.zeros((0, 4)), np.zeros(0)
+    acc.add_image([A], [0.8], [0], [A], [0])  # found
+    acc.add_image(empty, none, none, empty, none)  # nothing at all: changes nothing
+    np.testing.assert_allclose(acc.average_precision(), [1.0, np.nan], atol=EPS)
+    acc.add_image([B], [0.9], [0], empty, none)  # an FP in an image without objects
+    np.testing.assert_allclose(acc.average_precision(), [0.5, np.nan])
+    acc.add_image(empty, none, none, [B], [0])  # a missed object in an image without detections
+    # FP, TP over 2 objects: precision 1/2 up to recall 1/2, then nothing -> 51 / 202
+    np.testing.assert_allclose(acc.average_precision(), [51 / 202, np.nan])
+    assert acc.num_images == 4
+
+
+def test_no_box_is_dropped_by_area_or_detection_count():
+    # pixel boxes of a huge image (area above COCO's default "all" cap of 1e10) and tiny ones
+    for scale in (1e7, 1e-3):
+        ap = _ap(np.array([FAR, A, B]) * scale, [0.9, 0.8, 0.7], np.array([A, B]) * scale)
+        assert ap[0] == pytest.approx(2 / 3)
+    # 150 detections in one image (COCO's default keeps 100): the only TP is ranked last
+    fps = np.tile(FAR, (150, 1))
+    ap = _ap(np.concatenate([fps, [A]]), np.r_[np.full(150, 0.9), 0.1], [A])
+    assert ap[0] == pytest.approx(1 / 151)
+
+
+def test_average_precision_prints_nothing(capsys):
+    det, gt = _random_split(5, 4, 3)
+    metrics.average_precision(*det, *gt)
+    _ap(np.zeros((0, 4)), [], [A])
+    assert capsys.readouterr().out == ""
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -221,8 +244,12 @@ def test_bad_inputs_raise_clear_errors():
         metrics.average_precision(box, [1, 2], [0], [0], box, [0], [0])
     with pytest.raises(ValueError, match="num_classes"):
         metrics.average_precision(box, [1], [3], [0], box, [0], [0], num_classes=2)
+    with pytest.raises(ValueError, match="Image index"):
+        metrics.average_precision(box, [1], [0], [-1], box, [0], [0])
     with pytest.raises(ValueError, match="iou_threshold"):
-        metrics.match_detections(box, [1], [0], [0], box, [0], [0], iou_threshold=0)
+        metrics.average_precision(box, [1], [0], [0], box, [0], [0], iou_threshold=0)
+    with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+        metrics.DetectionAccumulator(2).add_image(box, [1], [2], box, [0])
     with pytest.raises(ValueError, match="at most 5"):
         metrics.localization_error([(np.zeros(6), np.tile(box, (6, 1)))], [(0, box, [0])])
 
@@ -310,7 +337,8 @@ def test_detection_eval_command_end_to_end(tiny_detector, tmp_path, capsys):
     path = tmp_path / "tiny.keras"
     tiny_detector.save(path)
     argv = ["--model", str(path), "--dataset", TOY_DETECTION, "--data-dir", str(tmp_path)]
-    argv += ["--split", "test", "--scales", "231,263", "--max-boxes", "300", "--limit", "3"]
+    argv += ["--split", "test", "--scales", "231,263", "--max-boxes", "300", "--max-examples", "3"]
+    argv += ["--format", "json"]
     capsys.readouterr()  # TFDS' messages
     result = detection_eval.main(argv)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -330,28 +358,31 @@ def test_detection_eval_command_end_to_end(tiny_detector, tmp_path, capsys):
     assert "| mAP@0.5 |" in detection_eval.format_report(result)
 
 
-def test_evaluator_gives_detect_tensor_results_for_merge_and_nms(tiny_detector):
+def test_evaluator_gives_the_detectors_results_for_merge_and_nms(tiny_detector):
     image = tf.constant(render_example(7, min_side=160, max_side=200)["image"], tf.float32)
     options = DetectionOptions(scales=(231,), max_boxes=200, max_detections=20)
     out = detection_eval.DetectionEvaluator(tiny_detector, options)(image)
     for combine in ("merge", "nms"):
-        want = detect_tensor(tiny_detector, image, options.replace(combine=combine))
+        detector = OverFeatDetector.from_options(tiny_detector, options.replace(combine=combine))
+        want = detector.detect_image(image)
         n = int(want["num_detections"])
         assert n == len(out[combine]["scores"]) > 0
         np.testing.assert_allclose(out[combine]["boxes"], want["detection_boxes"][:n], atol=1e-6)
         np.testing.assert_allclose(out[combine]["scores"], want["detection_scores"][:n], rtol=1e-6)
-        np.testing.assert_array_equal(out[combine]["class_ids"], want["detection_classes"][:n])
+        np.testing.assert_array_equal(out[combine]["classes"], want["detection_classes"][:n])
         guesses = out["localize"][combine]
-        assert len(guesses["class_ids"]) == len(set(guesses["class_ids"].tolist())) <= 5
-    np.testing.assert_allclose(out["class_scores"], want["class_scores"], rtol=1e-6)
+        assert len(guesses["classes"]) == len(set(guesses["classes"].tolist())) <= 5
+        top = np.argsort(-out["class_scores"], kind="stable")[:3]
+        np.testing.assert_array_equal(want["classes"][:3], top)
 
 
 def test_localization_gets_its_own_pass_when_top_k_is_not_the_guesses(tiny_detector):
     image = tf.constant(render_example(8, min_side=160, max_side=200)["image"], tf.float32)
     options = DetectionOptions(scales=(231,), flips=False, top_k=2, max_boxes=100)
-    out = detection_eval.detect_both(tiny_detector, image, options, guesses=5)
+    detector = OverFeatDetector.from_options(tiny_detector, options)
+    out = detection_eval.detect_both(detector, image, options.nms_iou, guesses=5)
     assert {"merge/boxes", "nms/num", "localize/merge/classes", "localize/nms/num"} <= set(out)
     assert len(set(out["merge/classes"][: int(out["merge/num"])].numpy().tolist())) <= 2
     assert "localize/merge/num" not in detection_eval.detect_both(
-        tiny_detector, image, options.replace(top_k=5), guesses=5
+        detector.with_options(top_k=5), image, options.nms_iou, guesses=5
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import boxes, inference, pyramid
+from overfeat_tf import boxes, image_io, inference, pyramid
 from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, FAST, TINY
 from overfeat_tf.models import OverFeat
 
@@ -170,12 +170,25 @@ def test_classify_notebook_api(model, tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(tf.io.encode_png(image).numpy())
     result = inference.classify(model, str(path), scales=(231,), top_k=3)
-    assert len(result["class_ids"]) == 3 and result["scores"] == sorted(
+    assert len(result["classes"]) == 3 and result["scores"] == sorted(
         result["scores"], reverse=True
     )
-    assert result["class_names"] == [["a", "b", "c", "d"][i] for i in result["class_ids"]]
+    assert result["class_names"] == [["a", "b", "c", "d"][i] for i in result["classes"]]
     same = inference.classify(model, image, scales=(231,), top_k=3)
     np.testing.assert_allclose(same["scores"], result["scores"], rtol=1e-6)
-    assert len(inference.classify(model, image, scales=(231,), top_k=10)["class_ids"]) == 4
+    assert len(inference.classify(model, image, scales=(231,), top_k=10)["classes"]) == 4
     with pytest.raises(ValueError, match="top_k"):
         inference.classify(model, image, top_k=0)
+
+
+@pytest.mark.parametrize("shape", [(120, 200, 3), (600, 800, 3)], ids=["grows", "shrinks"])
+def test_levels_are_the_shared_short_side_size_and_resize(shape):
+    image = np.random.default_rng(4).integers(0, 256, shape).astype(np.uint8)
+    scales = (231, 263, (300, 250))
+    for level, scale in zip(pyramid.build_pyramid(image, TINY, scales, False), scales, strict=True):
+        if isinstance(scale, int):
+            target = image_io.short_side_size(shape[:2], scale).numpy()
+            snapped = [pyramid.snap_side(int(s), 231, 16) for s in target]
+            np.testing.assert_array_equal(level.size.numpy(), snapped)
+        want = image_io.resize(image[None], level.size)
+        np.testing.assert_array_equal(level.image.numpy(), want.numpy())

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from overfeat_tf import image_io
 from overfeat_tf import spatial_training as st
 from overfeat_tf.config import TINY
-from overfeat_tf.models import OverFeat
+from overfeat_tf.models import OverFeat, backbone_of
 
 SIZE = st.default_train_size(TINY)  # 295 -> a 5x5 fine map
 C = TINY.num_classes
@@ -84,6 +85,25 @@ def test_random_spatial_crop_moves_boxes_with_pixels():
         ys, xs = np.nonzero(mask)
         assert abs(ys.min() - max(y0, 0)) <= 2 and abs(ys.max() + 1 - min(y1, 295)) <= 2
         assert abs(xs.min() - max(x0, 0)) <= 2 and abs(xs.max() + 1 - min(x1, 295)) <= 2
+
+
+def test_random_spatial_crop_is_a_window_of_the_shared_resize():
+    """The crop (maybe flipped) is cut from `image_io.resize_short_side` of the image."""
+    image = np.random.default_rng(3).uniform(0, 255, (90, 120, 3)).astype("float32")
+    resized = image_io.resize_short_side(image, 80).numpy()  # 80 x 107
+    for s in range(3):
+        crop, _ = st.random_spatial_crop(image, np.zeros((0, 4), "float32"), 64, (80,), [s, 2])
+        crop = crop.numpy()
+        found = [
+            (top, left)
+            for top in range(80 - 64 + 1)
+            for left in range(107 - 64 + 1)
+            if any(
+                np.array_equal(view, resized[top : top + 64, left : left + 64])
+                for view in (crop, crop[:, ::-1])
+            )
+        ]
+        assert len(found) == 1
 
 
 def _numpy_mined(labels, logits, ratio, min_neg, hard_fraction, chance):
@@ -211,7 +231,7 @@ def test_train_py_stages_detect_then_localize(tmp_path):
         start = results[task]["model_path"]
         assert results[task]["final_step"] == 2
     cls, det, loc = (
-        keras.models.load_model(p)
+        backbone_of(keras.models.load_model(p))  # detect / localize save an OverFeatDetector
         for p in (
             tmp_path / "cls.keras",
             results["detect"]["model_path"],

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import training
+from overfeat_tf import callbacks, data, distribute, recipe, training
 from overfeat_tf.models import OverFeat
 from tests.test_data import TOY_CLASSES, TOY_NAME, encoded_examples, toy_data_dir  # noqa: F401
 
@@ -58,28 +58,28 @@ def _result(stdout: str) -> dict:
 def _fingerprint_of_checkpoint(path: str | Path) -> str:
     crop = OverFeat("tiny", num_classes=len(TOY_CLASSES)).crop_model()
     crop.load_weights(str(path))
-    return training.weights_fingerprint(crop)
+    return callbacks.weights_fingerprint(crop)
 
 
 # --- the recipe's pieces --------------------------------------------------------------------
 
 
 def test_learning_rate_halves_after_the_paper_epochs():
-    schedule = training.learning_rate_schedule(0.05, 10, (30, 50, 60, 70, 80), 0.5)
+    schedule = recipe.learning_rate_schedule(0.05, 10, (30, 50, 60, 70, 80), 0.5)
     lr = {step: float(schedule(step)) for step in (0, 299, 300, 499, 500, 650, 799, 800, 5000)}
     assert lr[0] == lr[299] == pytest.approx(0.05)
     assert lr[300] == lr[499] == pytest.approx(0.025)
     assert lr[500] == pytest.approx(0.0125) and lr[650] == pytest.approx(0.00625)
     assert lr[799] == pytest.approx(0.003125) and lr[800] == lr[5000] == pytest.approx(0.0015625)
-    assert training.learning_rate_schedule(0.1, 10, (), 0.5) == 0.1
+    assert recipe.learning_rate_schedule(0.1, 10, (), 0.5) == 0.1
     with pytest.raises(ValueError, match="increasing"):
-        training.learning_rate_schedule(0.1, 10, (5, 3), 0.5)
+        recipe.learning_rate_schedule(0.1, 10, (5, 3), 0.5)
 
 
 def test_weight_decay_is_torch_style_l2_on_every_parameter():
     model = OverFeat("tiny", num_classes=3, kernel_initializer="he_normal")
     crop = model.crop_model()
-    training.add_weight_decay(crop, 1e-5)
+    recipe.add_weight_decay(crop, 1e-5)
     variables = crop.trainable_variables
     expected = sum(float(tf.reduce_sum(tf.square(v))) for v in variables) * 1e-5 / 2
     assert float(sum(crop.losses)) == pytest.approx(expected, rel=1e-5)
@@ -115,13 +115,26 @@ def test_config_defaults_are_the_papers_and_bad_values_fail():
 
 
 def test_he_init_keeps_fc8_small():
-    model = training.build_model(training.TrainConfig(model="tiny", init="he_normal"), ["a", "b"])
+    model = recipe.build_model(training.TrainConfig(model="tiny", init="he_normal"), ["a", "b"])
     fc8 = model.get_layer("fc8").kernel.numpy()
     conv1 = model.get_layer("conv1").kernel.numpy()
     assert fc8.std() == pytest.approx(0.01, rel=0.2)
     assert conv1.std() == pytest.approx((2 / (11 * 11 * 3)) ** 0.5, rel=0.1)
-    paper = training.build_model(training.TrainConfig(model="tiny"), ["a", "b"])
+    paper = recipe.build_model(training.TrainConfig(model="tiny"), ["a", "b"])
     assert paper.get_layer("conv1").kernel.numpy().std() == pytest.approx(0.01, rel=0.1)
+
+
+def test_strategy_by_name_and_the_chief():
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+    assert distribute.is_chief(distribute.make_strategy("default"))
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        distribute.make_strategy("horovod")
+
+
+def test_training_re_exports_what_train_py_and_the_benchmarks_use():
+    assert training.INITS is recipe.INITS and training.STRATEGIES is distribute.STRATEGIES
+    assert training.build_model is recipe.build_model
+    assert set(training.STRATEGIES) == {"default", "mirrored", "multi_worker", "tpu"}
 
 
 def test_imagenet_without_its_tars_fails_clearly(tmp_path):
@@ -130,6 +143,44 @@ def test_imagenet_without_its_tars_fails_clearly(tmp_path):
     )
     with pytest.raises(ValueError, match="downloads/manual"):
         training.train(config)
+
+
+def test_fit_callbacks_are_in_resume_safe_order_and_read_the_backup(tmp_path):
+    counter = data.CorruptRecordCounter()
+    plain, timer = callbacks.fit_callbacks(tmp_path, 0, counter)
+    assert timer is None and (tmp_path / "checkpoints").is_dir()
+    kinds = [type(c) for c in plain]
+    # the count enters the logs before they are saved; the backup is restored before
+    # RunState reads it; state.json is written after the epoch's checkpoint
+    assert kinds[:3] == [
+        callbacks.CorruptRecordLogger,
+        keras.callbacks.BackupAndRestore,
+        keras.callbacks.ModelCheckpoint,
+    ]
+    assert kinds[-1] is callbacks.RunState
+    limited, timer = callbacks.fit_callbacks(tmp_path, 3, counter, time_limit=5.0)
+    assert limited[-1] is timer and timer.seconds == 5.0 and limited[-2].initial_epoch == 3
+    backup = tmp_path / callbacks.BACKUP_DIR
+    assert callbacks.backed_up_epoch(backup) == 0  # no backup yet
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 3, "batch": -1}))
+    assert callbacks.backed_up_epoch(backup) == 3
+    (backup / "training_metadata.json").write_text("{not json")
+    assert callbacks.backed_up_epoch(backup) == 0
+
+
+def test_time_limit_stops_at_the_end_of_a_step():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((8, 2), "float32")
+    y = np.zeros((8, 1), "float32")
+    timer = callbacks.TimeLimit(0.0)
+    history = model.fit(x, y, batch_size=2, epochs=3, callbacks=[timer], verbose=0)
+    assert timer.stopped and int(model.optimizer.iterations) == 1
+    assert len(history.history["loss"]) == 1
+    patient = callbacks.TimeLimit(3600.0)
+    model.fit(x, y, batch_size=2, epochs=2, callbacks=[patient], verbose=0)
+    assert not patient.stopped and int(model.optimizer.iterations) == 1 + 8
 
 
 # --- a run ----------------------------------------------------------------------------------
@@ -145,11 +196,13 @@ def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path
         init="he_normal",
         learning_rate=0.01,
         shuffle_buffer=16,
+        val_split="validation",  # a tf.data source: the same examples, central crops
         verbose=0,
     )
     result = training.train(config, encoded_examples(10, corrupt=(3,)), list(TOY_CLASSES))
     run = tmp_path / "run"
     assert result["epochs_run"] == 2 and result["final_step"] == 4
+    assert np.isfinite(result["logs"]["val_loss"]) and not result["stopped_by_time_limit"]
     assert result["corrupt_records"] >= 1 and result["logs"]["corrupt_records"] >= 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "epoch_001.weights.h5",
@@ -165,6 +218,8 @@ def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path
         for value in event.summary.value
     }
     assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tags
+    assert list((run / "logs" / "validation").rglob("events.out.tfevents.*"))
+    assert json.loads((run / "train_config.json").read_text())["val_split"] == "validation"
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == 4
     assert state["fingerprint"] == _fingerprint_of_checkpoint(
@@ -175,20 +230,25 @@ def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path
     assert model(np.zeros((1, 247, 247, 3)))["class_logits"].shape == (1, 2, 2, 3)
 
 
-def test_mixed_precision_run_keeps_float32_outputs_and_restores_the_policy(tmp_path):
+def test_mixed_precision_time_limited_run_keeps_float32_outputs_and_restores_the_policy(
+    tmp_path,
+):
     config = training.TrainConfig(
         model="tiny",
         output=str(tmp_path / "run"),
-        epochs=1,
+        epochs=2,
         steps_per_epoch=2,
         batch_size=4,
         init="he_normal",
         learning_rate=0.01,
         mixed_precision="bfloat16",
+        time_limit=1e-6,  # stops after the first step
         verbose=0,
     )
     result = training.train(config, encoded_examples(8), list(TOY_CLASSES))
     assert keras.mixed_precision.global_policy().name == "float32"
+    assert result["stopped_by_time_limit"] and result["final_step"] == 1
+    assert result["epochs_run"] == 1
     model = keras.models.load_model(result["model_path"])
     assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
     assert model(np.zeros((1, 231, 231, 3)))["class_logits"].dtype == "float32"

@@ -1,0 +1,207 @@
+"""What runs during a training run's `fit`: the Keras callbacks of `overfeat_tf.training`.
+
+`fit_callbacks` assembles them in the order a run needs (see its docstring):
+- `CorruptRecordLogger`: the count of skipped corrupt records in the epoch logs;
+- `keras.callbacks.BackupAndRestore` in `<output>/backup`: weights, optimizer state and
+  epoch after every epoch, restored when the same command is rerun after a crash
+  (`backed_up_epoch` reads the epoch it will resume from);
+- `keras.callbacks.ModelCheckpoint`: every epoch's weights in `<output>/checkpoints/`;
+- `tensorboard_callback`: per-epoch scalars in `<output>/logs` (`keras.callbacks.TensorBoard`,
+  or `EpochScalars` without the `tensorboard` package);
+- `RunState`: `<output>/state.json` after every epoch and `<output>/resume.json` on resume;
+- `TimeLimit` (optional): stops training after a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from overfeat_tf import atomic, data
+
+BACKUP_DIR = "backup"  # under the run's output directory
+CHECKPOINT_PATTERN = "checkpoints/epoch_{epoch:03d}.weights.h5"  # likewise; epoch 1-based
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """SHA-256 of the model's trainable weights (values, in order): equal iff equal weights."""
+    digest = hashlib.sha256()
+    for weight in model.trainable_weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def backed_up_epoch(backup_dir: str | os.PathLike) -> int:
+    """The epoch `BackupAndRestore` will resume from (0 when there is no backup)."""
+    path = Path(backup_dir) / "training_metadata.json"
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+class RunState(keras.callbacks.Callback):
+    """Records the run's progress in `<dir>/state.json` after every epoch, and what a resumed
+    run restored in `<dir>/resume.json` (epoch, optimizer step, weights fingerprint).
+
+    Put it after `BackupAndRestore` (it reads the restored state) and `ModelCheckpoint`
+    (state.json then names a complete checkpoint) in the callback list.
+    """
+
+    def __init__(self, directory: Path, initial_epoch: int, checkpoint_pattern: str) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.initial_epoch = initial_epoch
+        self.checkpoint_pattern = checkpoint_pattern
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.initial_epoch > 0:
+            state = {
+                "epoch": self.initial_epoch,
+                "step": self._step(),
+                "fingerprint": weights_fingerprint(self.model),
+                "checkpoint": self.checkpoint_pattern.format(epoch=self.initial_epoch),
+            }
+            atomic.write_json(self.directory / "resume.json", state)
+            print(f"Resumed from epoch {state['epoch']} (step {state['step']}).", flush=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        state = {
+            "epoch": epoch + 1,
+            "step": self._step(),
+            "fingerprint": weights_fingerprint(self.model),
+            "checkpoint": self.checkpoint_pattern.format(epoch=epoch + 1),
+            "logs": {k: float(v) for k, v in (logs or {}).items()},
+        }
+        atomic.write_json(self.directory / "state.json", state)
+
+
+class CorruptRecordLogger(keras.callbacks.Callback):
+    """Adds `corrupt_records` (skipped so far) to the epoch logs (progress bar, TensorBoard)."""
+
+    def __init__(self, counter: data.CorruptRecordCounter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["corrupt_records"] = float(self.counter.value())
+
+
+class EpochScalars(keras.callbacks.Callback):
+    """TensorBoard scalars per epoch, written with core TF ops only.
+
+    The same event files and tags as `keras.callbacks.TensorBoard` (`<dir>/train` and
+    `<dir>/validation`, tags `epoch_loss`, `epoch_accuracy`, ..., `epoch_learning_rate`),
+    for installs without the `tensorboard` package, which `keras.callbacks.TensorBoard`
+    needs (`tf.summary.scalar` lives there; `tf.summary.write` is core TF).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str) -> Any:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from tensorflow.core.framework import summary_pb2
+
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        logs = dict(logs or {})
+        optimizer = self.model.optimizer
+        if optimizer is not None and "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        for key, value in logs.items():
+            run, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(run).as_default():
+                tf.summary.write(
+                    f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=metadata
+                )
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def tensorboard_callback(log_dir: str | os.PathLike) -> keras.callbacks.Callback:
+    """`keras.callbacks.TensorBoard` if the `tensorboard` package is installed, else
+    `EpochScalars` (the same per-epoch scalars, core TF only)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return EpochScalars(log_dir)
+    return keras.callbacks.TensorBoard(str(log_dir))
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training at the end of the first step after `seconds` of training."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.start = 0.0
+        self.stopped = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if time.monotonic() - self.start > self.seconds:
+            self.model.stop_training = True
+            self.stopped = True
+
+
+def fit_callbacks(
+    output: Path,
+    initial_epoch: int,
+    counter: data.CorruptRecordCounter,
+    time_limit: float | None = None,
+) -> tuple[list[keras.callbacks.Callback], TimeLimit | None]:
+    """The callbacks of a run writing under `output` (creates `<output>/checkpoints`).
+
+    Order matters: the corrupt-record count enters the logs before they are saved; the
+    backup (`<output>/backup`) is restored before `RunState` reads it; state.json is
+    written after the epoch's checkpoint.
+
+    Args:
+        output: the run's (or this worker's) output directory.
+        initial_epoch: the epoch the backup resumes from (`backed_up_epoch`).
+        counter: the input pipeline's corrupt-record counter.
+        time_limit: seconds of training before stopping; None or 0: no limit.
+
+    Returns:
+        The callbacks for `fit`, and the `TimeLimit` among them (None without a limit).
+    """
+    checkpoint_pattern = str(output / CHECKPOINT_PATTERN)
+    Path(checkpoint_pattern).parent.mkdir(exist_ok=True)
+    timer = TimeLimit(time_limit) if time_limit else None
+    callbacks: list[keras.callbacks.Callback] = [
+        CorruptRecordLogger(counter),
+        keras.callbacks.BackupAndRestore(str(output / BACKUP_DIR), double_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(checkpoint_pattern, save_weights_only=True),
+        tensorboard_callback(output / "logs"),
+        RunState(output, initial_epoch, checkpoint_pattern),
+    ]
+    if timer:
+        callbacks.append(timer)
+    return callbacks, timer

@@ -1,0 +1,193 @@
+"""Prediction decoders: one image's dense boxes -> its detections (the detector's last stage).
+
+    dense boxes of every window, scale and flip  `[M, 4]` yxyx (normalized), scores, classes
+      -> `GreedyMergeDecoder` (paper §4.3, `merge.greedy_merge`): boxes of one class that
+         match merge; a merged box averages its members' coordinates and ADDS their scores
+      -> or `NMSDecoder` (per-class non-maximum suppression, the usual alternative, for
+         comparison)
+      -> `detection_boxes` `[D, 4]`, `detection_scores` `[D]`, `detection_classes` `[D]`,
+         `detection_members` `[D]`, `num_detections` `[]`: padded to D = `max_detections`
+         rows, best first.
+
+They play the part of keras-hub's `prediction_decoder` (RetinaNet's `NonMaxSuppression`
+layer): serializable Keras layers whose options are part of the detector's config, so
+`keras.models.load_model` restores them. Both keep the boxes' order and units (yxyx; the
+detector passes coordinates normalized to the original image).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, greedy_merge
+
+COMBINE = ("merge", "nms")
+
+
+def _check_max_detections(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"max_detections must be a positive int, got {value!r}.")
+    return value
+
+
+def detections_dict(result: MergeResult) -> dict[str, tf.Tensor]:
+    """A `MergeResult` as the decoders' output dict (TF Object Detection API names)."""
+    return {
+        "detection_boxes": result.boxes,
+        "detection_scores": result.scores,
+        "detection_classes": result.classes,
+        "detection_members": result.num_members,
+        "num_detections": result.num_merged,
+    }
+
+
+@keras.saving.register_keras_serializable(package="overfeat_tf")
+class GreedyMergeDecoder(keras.layers.Layer):
+    """The paper's greedy merge as a prediction decoder (OverFeat §4.3).
+
+    Paper: Sermanet et al., "OverFeat: Integrated Recognition, Localization and Detection
+    using Convolutional Networks", ICLR 2014, §4.3: the two boxes with the lowest
+    `match_score` (of one class) merge while it is <= `merge_threshold`; a merged box is the
+    average of its members and its confidence is the SUM of theirs.
+
+    Input: `boxes` `[M, 4]` yxyx (any units; the output keeps them), `scores` `[M]`,
+    `classes` `[M]` int. Output: the dict of `detections_dict`, each padded to
+    `max_detections` rows (`[D, 4]`, `[D]`, `[D]`, `[D]`, and `num_detections` `[]`).
+
+    Args:
+        merge_threshold: `t` of the merge (`merge.MERGE_THRESHOLD`); lower merges less.
+        max_detections: D, the merged boxes kept (highest accumulated scores).
+        jit_compile: the merge loop under XLA (None: XLA except while a SavedModel is
+            traced; see `merge.greedy_merge`). Same results either way.
+
+    Example:
+        >>> decoder = GreedyMergeDecoder(merge_threshold=0.5, max_detections=10)
+        >>> out = decoder(tf.constant([[0., 0., .5, .5], [0., 0., .5, .52]]),
+        ...               tf.constant([.9, .8]), tf.constant([3, 3]))
+        >>> int(out["num_detections"]), float(out["detection_scores"][0])
+        (1, 1.7)
+    """
+
+    def __init__(
+        self,
+        merge_threshold: float = MERGE_THRESHOLD,
+        max_detections: int = DEFAULT_MAX_OUTPUT,
+        jit_compile: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not merge_threshold > 0:
+            raise ValueError(f"merge_threshold must be > 0, got {merge_threshold}.")
+        if jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile must be None, True or False, got {jit_compile!r}.")
+        self.merge_threshold = float(merge_threshold)
+        self.max_detections = _check_max_detections(max_detections)
+        self.jit_compile = jit_compile
+
+    def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
+        result = greedy_merge(
+            boxes,
+            scores,
+            classes,
+            threshold=self.merge_threshold,
+            max_output=self.max_detections,
+            jit_compile=self.jit_compile,
+        )
+        return detections_dict(result)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            merge_threshold=self.merge_threshold,
+            max_detections=self.max_detections,
+            jit_compile=self.jit_compile,
+        )
+        return config
+
+
+def class_nms(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, iou: float, max_output: int
+) -> MergeResult:
+    """Per-class non-maximum suppression, padded like `greedy_merge`'s output.
+
+    Boxes `[M, 4]` yxyx (any units) -> `MergeResult`, best first. Boxes of different classes
+    never suppress each other (they are offset by class, so one
+    `tf.image.non_max_suppression` call serves every class). `num_members` is 1 per kept box.
+    """
+    extent = tf.reduce_max(tf.concat([tf.abs(tf.reshape(boxes, [-1])), [0.0]], axis=0))
+    offset = tf.cast(classes, boxes.dtype)[:, tf.newaxis] * (2.0 + extent)  # [M, 1]
+    keep = tf.image.non_max_suppression(boxes + offset, scores, max_output, iou)  # [n]
+    n = tf.shape(keep)[0]
+    pad = max_output - n
+
+    def take(t: tf.Tensor) -> tf.Tensor:
+        t = tf.gather(t, keep)
+        return tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1))
+
+    return MergeResult(
+        boxes=tf.ensure_shape(take(boxes), [max_output, 4]),
+        scores=tf.ensure_shape(take(scores), [max_output]),
+        classes=tf.ensure_shape(take(tf.cast(classes, tf.int32)), [max_output]),
+        num_members=tf.ensure_shape(take(tf.ones_like(classes, tf.int32)), [max_output]),
+        num_merged=n,
+    )
+
+
+@keras.saving.register_keras_serializable(package="overfeat_tf")
+class NMSDecoder(keras.layers.Layer):
+    """Per-class non-maximum suppression as a prediction decoder (the baseline the paper's
+    merge is compared with, OverFeat §4.3 / R-CNN).
+
+    Input and output as `GreedyMergeDecoder`: `boxes` `[M, 4]` yxyx (any units), `scores`
+    `[M]`, `classes` `[M]` -> the kept boxes, padded to `max_detections` rows, best first;
+    a detection's score is its own window's (nothing is accumulated), `detection_members` 1.
+
+    Args:
+        iou_threshold: a box is suppressed by a better one of its class above this IoU.
+        max_detections: D, the boxes kept.
+
+    Example:
+        >>> decoder = NMSDecoder(iou_threshold=0.5, max_detections=10)
+        >>> out = decoder(tf.constant([[0., 0., .5, .5], [0., 0., .5, .52]]),
+        ...               tf.constant([.9, .8]), tf.constant([3, 3]))
+        >>> int(out["num_detections"])
+        1
+    """
+
+    def __init__(
+        self, iou_threshold: float = 0.5, max_detections: int = DEFAULT_MAX_OUTPUT, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not 0 < iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+        self.iou_threshold = float(iou_threshold)
+        self.max_detections = _check_max_detections(max_detections)
+
+    def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
+        result = class_nms(boxes, scores, classes, self.iou_threshold, self.max_detections)
+        return detections_dict(result)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(iou_threshold=self.iou_threshold, max_detections=self.max_detections)
+        return config
+
+
+def make_decoder(
+    combine: str = "merge",
+    merge_threshold: float = MERGE_THRESHOLD,
+    nms_iou: float = 0.5,
+    max_detections: int = DEFAULT_MAX_OUTPUT,
+) -> keras.layers.Layer:
+    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder`, "nms" ->
+    `NMSDecoder`."""
+    if combine == "merge":
+        return GreedyMergeDecoder(merge_threshold, max_detections)
+    if combine == "nms":
+        return NMSDecoder(nms_iou, max_detections)
+    raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")

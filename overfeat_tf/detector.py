@@ -1,0 +1,365 @@
+"""`OverFeatDetector`: the whole detection pipeline as one Keras model (paper §4-5).
+
+    images [B, H, W, 3] (RGB 0..255)
+      -> pyramid: scales x flips                        (`scales`, `flips`)       pyramid.py
+      -> backbone: `OverFeat` trunk -> dense offset pooling -> heads            models.py
+      -> boxes: top-k classes per level, every window's box in the original image,
+         score filter                          (`top_k`, `score_threshold`, `max_boxes`)
+                                                                                detection.py
+      -> prediction decoder: greedy merge (or NMS)    (`prediction_decoder`)   decoders.py
+      -> detections + the multi-scale top-5
+
+Shaped like keras-hub's `ImageObjectDetector` / RetinaNet: a backbone, its heads, and the
+post-processing as a serializable `prediction_decoder` layer, so `detector(images)` and
+`detector.predict(images)` give detections and `keras.models.load_model` restores the
+detector with every option. The SavedModel export (`serving`), the evaluation commands and
+the notebook helpers (`detect`, `localize`) all call `detect_image`: the decode path exists
+once.
+
+Outputs (the serving signature's names and conventions; D = `max_detections`):
+`detection_boxes` `[B, D, 4]` float32 `[ymin, xmin, ymax, xmax]` normalized to the original
+image; `detection_scores` `[B, D]` (accumulated confidences with the merge); `detection_classes`
+`[B, D]` int32; `detection_class_names` `[B, D]` string (`class_<i>` when the model has no
+names); `num_detections` `[B]` int32 (rows past it are padding: zeros, name ""); top-5
+classification `classes` `[B, 5]` int32 (-1 past the number of classes) and `scores`
+`[B, 5]`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from overfeat_tf import boxes as box_ops
+from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder, make_decoder
+from overfeat_tf.detection import DetectionOptions, kept_boxes, level_boxes
+from overfeat_tf.image_io import load_image
+from overfeat_tf.inference import LevelOutput, run_levels
+from overfeat_tf.models import OverFeat, backbone_of
+
+TOP_CLASSES = 5
+_BOX_FIELDS = ("scales", "flips", "stride", "top_k", "score_threshold", "max_boxes")
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # detector -> tf.function
+
+
+def class_names(model: Any) -> list[str]:
+    """The classes' names of an OverFeat model or detector; `class_<i>` where it has none."""
+    net = backbone_of(model)
+    if net.class_names:
+        return [str(n) for n in net.class_names]
+    return [f"class_{i}" for i in range(net.num_classes)]
+
+
+def top_classes(
+    scores: tf.Tensor, names: tf.Tensor, k: int = TOP_CLASSES
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Top-k of class scores `[C]` -> ids `[k]` int32, scores `[k]`, names `[k]` string.
+
+    With C < k the last entries are id -1, score 0, name "".
+    """
+    found = min(k, int(scores.shape[-1]))
+    values, ids = tf.math.top_k(scores, k=found)
+    pad = k - found
+    ids = tf.pad(tf.cast(ids, tf.int32), [[0, pad]], constant_values=-1)
+    values = tf.pad(values, [[0, pad]])
+    return ids, values, tf.where(ids >= 0, tf.gather(names, tf.maximum(ids, 0)), "")
+
+
+def output_spec(max_detections: int) -> dict[str, tf.TensorSpec]:
+    """The spec of `detect_image`'s outputs (one image)."""
+    d = max_detections
+    return {
+        "detection_boxes": tf.TensorSpec([d, 4], tf.float32),
+        "detection_scores": tf.TensorSpec([d], tf.float32),
+        "detection_classes": tf.TensorSpec([d], tf.int32),
+        "detection_class_names": tf.TensorSpec([d], tf.string),
+        "num_detections": tf.TensorSpec([], tf.int32),
+        "classes": tf.TensorSpec([TOP_CLASSES], tf.int32),
+        "scores": tf.TensorSpec([TOP_CLASSES], tf.float32),
+    }
+
+
+@keras.saving.register_keras_serializable(package="overfeat_tf")
+class OverFeatDetector(keras.Model):
+    """OverFeat detection and localization (Sermanet et al., ICLR 2014, §4-5) as one model.
+
+    Input: `images` `[B, H, W, 3]` RGB 0..255 (uint8 or float; any size, one size per batch).
+    Output: the dict of the module docstring (`[B, D, 4]` normalized yxyx boxes, ...).
+
+    Args:
+        backbone: an `OverFeat` network (with a regressor for real boxes; without one every
+            window is its own box; with a background class, it is left out of the scores).
+        prediction_decoder: a `decoders.GreedyMergeDecoder` (default) or `NMSDecoder`.
+        scales: pyramid scales (ints = short sides, `(h, w)` pairs); None = the net's.
+        flips: also run each scale's left-right flip.
+        stride: "fine" (every pooling offset) or "coarse".
+        top_k: classes per level whose windows predict boxes.
+        score_threshold: windows below this class probability predict no box.
+        max_boxes: at most this many boxes (the most confident) go into the decoder.
+
+    Example:
+        >>> net = overfeat_tf.OverFeat("tiny", num_classes=3, regressor="class_specific")
+        >>> detector = OverFeatDetector(net, scales=(127, 159))
+        >>> out = detector.predict(np.zeros([2, 150, 200, 3], np.uint8))
+        >>> out["detection_boxes"].shape
+        (2, 100, 4)
+    """
+
+    def __init__(
+        self,
+        backbone: OverFeat,
+        prediction_decoder: keras.layers.Layer | None = None,
+        scales: Any = None,
+        flips: bool = True,
+        stride: str = "fine",
+        top_k: int = 5,
+        score_threshold: float = 0.01,
+        max_boxes: int = 4000,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "overfeat_detector")
+        super().__init__(**kwargs)
+        self.backbone = backbone_of(backbone)
+        decoder = prediction_decoder if prediction_decoder is not None else GreedyMergeDecoder()
+        if not isinstance(decoder, GreedyMergeDecoder | NMSDecoder):
+            raise ValueError(
+                "prediction_decoder must be a GreedyMergeDecoder or an NMSDecoder, got "
+                f"{type(decoder).__name__}."
+            )
+        self.prediction_decoder = decoder
+        checked = DetectionOptions(scales, flips, stride, top_k, score_threshold, max_boxes)
+        self.scales = checked.scales
+        self.flips = flips
+        self.stride = stride
+        self.top_k = top_k
+        self.score_threshold = float(score_threshold)
+        self.max_boxes = max_boxes
+        self.jit_compile = False  # the pyramid's sizes are dynamic: no XLA for the whole step
+        self.built = True
+
+    # --- options -------------------------------------------------------------------------
+
+    @classmethod
+    def from_options(
+        cls, model: Any, options: DetectionOptions | None = None, **kwargs: Any
+    ) -> OverFeatDetector:
+        """A detector of `model`'s backbone (an `OverFeat` or a detector) with `options`."""
+        options = options or DetectionOptions()
+        decoder = make_decoder(
+            options.combine, options.merge_threshold, options.nms_iou, options.max_detections
+        )
+        boxes = {name: getattr(options, name) for name in _BOX_FIELDS}
+        return cls(backbone_of(model), decoder, **boxes, **kwargs)
+
+    @property
+    def options(self) -> DetectionOptions:
+        """This detector's settings as `DetectionOptions` (decoder fields included)."""
+        decoder = self.prediction_decoder
+        merge = isinstance(decoder, GreedyMergeDecoder)
+        defaults = DetectionOptions()
+        return DetectionOptions(
+            **{name: getattr(self, name) for name in _BOX_FIELDS},
+            combine="merge" if merge else "nms",
+            merge_threshold=decoder.merge_threshold if merge else defaults.merge_threshold,
+            nms_iou=defaults.nms_iou if merge else decoder.iou_threshold,
+            max_detections=decoder.max_detections,
+        )
+
+    def with_options(self, **changes: Any) -> OverFeatDetector:
+        """A new detector sharing this backbone (and its weights), options changed."""
+        if not changes:
+            return self
+        return OverFeatDetector.from_options(self.backbone, self.options.replace(**changes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.backbone.class_names
+
+    @property
+    def max_detections(self) -> int:
+        return self.prediction_decoder.max_detections
+
+    # --- the pipeline, one image ---------------------------------------------------------
+
+    def levels(self, image: tf.Tensor) -> list[LevelOutput]:
+        """Pyramid + backbone of one image `[H, W, 3]` (0..255): one `LevelOutput` per scale
+        (each holding the image and, with flips, its mirror)."""
+        image = tf.convert_to_tensor(image)
+        if image.shape.rank != 3:
+            raise ValueError(f"Expected one image [H, W, 3], got shape {image.shape}.")
+        return run_levels(self.backbone, image, self.scales, self.flips, self.stride)
+
+    def dense_boxes(
+        self, levels: list[LevelOutput], top_k: int | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Every window's box of the levels' top-k classes, score-filtered, before decoding.
+
+        Returns boxes `[m, 4]` yxyx normalized to the original image, scores `[m]`, classes
+        `[m]` int32 (at most `max_boxes`, the most confident), and the multi-scale class
+        scores `[C]` (the mean over levels and flips of each class's spatial max, §3.3).
+        """
+        k = self.top_k if top_k is None else top_k
+        parts = [level_boxes(level, self.num_classes, k) for level in levels]
+        boxes, scores, classes, class_scores = (tf.concat(p, 0) for p in zip(*parts, strict=True))
+        kept = kept_boxes(boxes, scores, classes, self.score_threshold, self.max_boxes)
+        return (*kept, tf.reduce_mean(class_scores, axis=0))
+
+    def decode(
+        self,
+        boxes: tf.Tensor,
+        scores: tf.Tensor,
+        classes: tf.Tensor,
+        class_scores: tf.Tensor,
+        decoder: keras.layers.Layer | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Dense boxes -> the output dict of one image (`prediction_decoder` unless another
+        `decoder` is given, e.g. NMS beside the merge in evaluation)."""
+        out = (decoder or self.prediction_decoder)(boxes, scores, classes)
+        names = tf.constant(class_names(self), tf.string)
+        valid = tf.range(tf.shape(out["detection_classes"])[0]) < out["num_detections"]
+        top, top_scores, _ = top_classes(class_scores, names)
+        return {
+            "detection_boxes": out["detection_boxes"],
+            "detection_scores": out["detection_scores"],
+            "detection_classes": out["detection_classes"],
+            "detection_class_names": tf.where(
+                valid, tf.gather(names, out["detection_classes"]), ""
+            ),
+            "num_detections": out["num_detections"],
+            "classes": top,
+            "scores": top_scores,
+        }
+
+    def detect_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Detections of one image `[H, W, 3]` (RGB 0..255, any size and real/uint dtype)."""
+        image = tf.cast(image, tf.float32)
+        return self.decode(*self.dense_boxes(self.levels(image)))
+
+    def call(self, images: Any, training: bool = False) -> dict[str, tf.Tensor]:
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank == 3:
+            raise ValueError(
+                f"Expected a batch [B, H, W, 3], got one image of shape {images.shape}; use "
+                "images[None] (or `overfeat_tf.detect(detector, image)`)."
+            )
+        if images.shape.rank != 4 or images.shape[-1] not in (None, 3):
+            raise ValueError(f"Expected RGB images [B, H, W, 3], got shape {images.shape}.")
+        return tf.map_fn(
+            self.detect_image,
+            tf.cast(images, tf.float32),
+            fn_output_signature=output_spec(self.max_detections),
+            parallel_iterations=1,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "prediction_decoder": keras.saving.serialize_keras_object(self.prediction_decoder),
+            "scales": [list(s) if isinstance(s, tuple) else s for s in self.scales]
+            if self.scales is not None
+            else None,
+            "flips": self.flips,
+            "stride": self.stride,
+            "top_k": self.top_k,
+            "score_threshold": self.score_threshold,
+            "max_boxes": self.max_boxes,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OverFeatDetector:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["prediction_decoder"] = keras.saving.deserialize_keras_object(
+            config["prediction_decoder"]
+        )
+        if config.get("scales") is not None:
+            scales = config["scales"]
+            config["scales"] = tuple(tuple(s) if isinstance(s, list) else s for s in scales)
+        return cls(**config)
+
+
+# --- notebook helpers -------------------------------------------------------------------------
+
+
+def as_detector(model: Any, **overrides: Any) -> OverFeatDetector:
+    """`model` if it is a detector and nothing is overridden, else a detector of its backbone
+    with its options (a detector's, or the defaults) changed by `overrides`."""
+    if isinstance(model, OverFeatDetector):
+        return model.with_options(**overrides)
+    return OverFeatDetector.from_options(model, DetectionOptions(**overrides))
+
+
+def _compiled(detector: OverFeatDetector) -> Any:
+    """One traced `detect_image` per detector (any image size), dropped with the detector."""
+    if detector not in _FUNCTIONS:
+        ref = weakref.ref(detector)
+        _FUNCTIONS[detector] = tf.function(
+            lambda image: ref().detect_image(image),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
+            reduce_retracing=True,
+        )
+    return _FUNCTIONS[detector]
+
+
+def detect(model: Any, image_or_path: Any, **overrides: Any) -> dict[str, Any]:
+    """Detect objects in one image (notebook API).
+
+    Args:
+        model: an `OverFeatDetector` (what `train.py --task detect|localize` saves) or an
+            `OverFeat` network (detected with the default `DetectionOptions`).
+        image_or_path: a file path, encoded bytes, a PIL image or an RGB array (0..255).
+        **overrides: `DetectionOptions` fields (scales=, top_k=, merge_threshold=, ...).
+            Each call with overrides builds (and traces) a new detector: for many images,
+            build it once with `detector.with_options(...)`.
+
+    Returns:
+        `{"boxes": float32 [n, 4] yxyx in PIXELS of the original image, "scores": [n],
+        "classes": [n] int, "class_names": [n] str}`, best first.
+    """
+    detector = as_detector(model, **overrides)
+    image = tf.cast(load_image(image_or_path), tf.float32)
+    out = _compiled(detector)(image)
+    n = int(out["num_detections"])
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    return {
+        "boxes": box_ops.denormalize_boxes(out["detection_boxes"][:n], size).numpy(),
+        "scores": out["detection_scores"][:n].numpy(),
+        "classes": out["detection_classes"][:n].numpy(),
+        "class_names": [v.decode() for v in out["detection_class_names"][:n].numpy()],
+    }
+
+
+def first_box_per_class(found: dict[str, Any], guesses: int) -> dict[str, Any]:
+    """The best-scoring detection of each class, at most `guesses`, best first (any dict of
+    per-detection arrays / lists keyed like `detect`'s, with "classes")."""
+    seen: list[int] = []
+    order = []
+    for i, c in enumerate(list(found["classes"])):
+        if int(c) not in seen and len(seen) < guesses:
+            seen.append(int(c))
+            order.append(i)
+    return {
+        key: (value[order] if hasattr(value, "shape") else [value[i] for i in order])
+        for key, value in found.items()
+    }
+
+
+def localize(model: Any, image_or_path: Any, guesses: int = 5, **overrides: Any) -> dict:
+    """ILSVRC-style localization (paper §4): `guesses` (class, box) pairs for one image.
+
+    Detects with the top `guesses` classes per level, then keeps the best merged box of each
+    class, best classes first. Same keys as `detect`; boxes in PIXELS, yxyx.
+    """
+    if not isinstance(guesses, int) or guesses < 1:
+        raise ValueError(f"guesses must be a positive int, got {guesses!r}.")
+    overrides.setdefault("top_k", guesses)
+    return first_box_per_class(detect(model, image_or_path, **overrides), guesses)

@@ -1,0 +1,300 @@
+"""Mutual-best-match box merging: the paper's merge rules (§4.3) in few sequential rounds.
+
+`overfeat_tf.merge.mutual_merge` runs `mutual_merge_graph` on checked inputs. Same rules as
+the sequential greedy merge (`overfeat_tf.merge_greedy`): boxes of different classes never
+merge, a cluster's box is the mean of its members' boxes (yxyx, the units of the input), its
+score the sum of its members' scores, pairs are compared by `match_score` of the cluster
+boxes. What differs is the order of the merges:
+
+    clusters = one per input box; within a class, in input order
+    repeat (a round):
+        for every cluster p: best(p) = the cluster q != p of p's class with the lowest
+            match_score(p, q), the first (smallest key) among equal scores, like
+            `merge_score.first_argmin`; low(p) = that score (inf if p is alone in its class)
+        every pair p < q with best(p) = q, best(q) = p and low(p) <= t merges into p
+            (all such pairs at once: they are disjoint, since best() is a function)
+        stop when no pair merged in the round
+    key of a cluster = its smallest member's input index (p's, kept by the merged cluster)
+
+The lexicographically lowest pair (lowest score, then smallest keys) is always mutual, so a
+round merges at least one pair while some pair of a class scores <= t: the loop ends, with no
+pair of mutual best matches left at <= t (pairs at <= t may remain when they are not mutual
+best matches: a merged box moved away, see `overfeat_tf.merge` for the comparison with the
+greedy order). Output order: accumulated score descending, ties by key ascending (the
+cluster holding the earliest input box first), as the greedy merge.
+
+Rounds: each round is one iteration of a `tf.while_loop` (dependent: the next round needs
+this round's clusters); all classes run in the same rounds, so the rounds of an image are
+those of its slowest class. `rounds` (returned on request) counts the rounds in which some
+pair merged; the loop runs rounds + 1 iterations (the last finds no pair), or `rounds` if
+fewer than 2 clusters are left. On detector-like box sets the count grows slowly with n
+(tests/test_merge_mutual.py: ~30-45 for 3150-4000 boxes).
+
+A round, vectorized over all clusters (core TF ops; plain TF or one XLA kernel per block):
+the clusters are held sorted by (class, key), packed (merged-away clusters removed at the
+end of every round, so later rounds score fewer clusters). Each cluster's best partner comes
+from blocks of rows: block [s, s + r) is scored against the window [s, s + w) of later
+clusters (w >= r + the largest class, so the window holds every later cluster of the rows'
+classes), masked to later clusters of the same class; the block's row minima give each row
+its best LATER partner, its column minima (accumulated over the blocks in row order, keeping
+the first on ties) each column its best EARLIER partner, and best(p) is the better of the
+two (the earlier one on ties: smaller key). So every pair is scored once per round, in
+blocks of at most `_BLOCK_SCORES` scores (memory O(n + _BLOCK_SCORES), never n x n); per
+round, about sum over classes of m_c^2 / 2 scores for m_c clusters of class c.
+
+Two ways to run a block, same arithmetic (results bitwise equal in tests):
+- plain TF (`xla=False`, SavedModels, TF Serving): exact block widths (w clipped at the
+  last cluster), each op a kernel.
+- XLA (`xla=True`): each block is one XLA-compiled call of static shape (w a power of two
+  >= 2 x the largest class, r = min(w / 2, _BLOCK_SCORES / w)): one compile per width met,
+  once per process and dtype (a few for an image, as the classes shrink).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from overfeat_tf.merge_lanes import _rank
+from overfeat_tf.merge_score import derive, pair_scores
+
+__all__ = ["mutual_merge_graph"]
+
+# Scores per block of a round's best-partner search: memory O(_BLOCK_SCORES) (about 30
+# temporaries per score without XLA: ~60 MB in float32), not O(n^2).
+_BLOCK_SCORES = 1 << 19
+
+# Under XLA, window widths are powers of two >= _MIN_WIDTH (few shapes compile).
+_MIN_WIDTH = 64
+
+
+def _score_block(
+    rows: tf.Tensor, cols: tf.Tensor, row_index: tf.Tensor, col_index: tf.Tensor, row_end: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Best later / earlier partners within one block of a round.
+
+    Args:
+        rows: [7, r] `derive`d cluster boxes of the block's rows. cols: [7, w] those of the
+            window's columns. row_index [r], col_index [w]: their positions (int32).
+        row_end: [r] int32, one past the last position of each row's class (0 on padding).
+
+    Returns:
+        row_low, row_arg [r]: per row k, the lowest score against a column l > k of its
+        class and the first such l; col_low, col_arg [w]: per column l, the lowest score
+        against a row k < l of its class and the first such k (inf if none; the arg is
+        then meaningless).
+    """
+    shape = tf.stack([tf.shape(row_index)[0], tf.shape(col_index)[0]])
+    col_b = tf.broadcast_to(col_index[tf.newaxis, :], shape)
+    row_b = tf.broadcast_to(row_index[:, tf.newaxis], shape)
+    later = tf.logical_and(col_b > row_b, col_b < tf.broadcast_to(row_end[:, None], shape))
+    scores = pair_scores(
+        tuple(x[:, tf.newaxis] for x in tf.unstack(rows, 7)),
+        tuple(x[tf.newaxis, :] for x in tf.unstack(cols, 7)),
+    )
+    v = tf.where(later, scores, tf.fill(shape, tf.constant(np.inf, rows.dtype)))
+    big = tf.fill(shape, tf.int32.max)
+    row_low = tf.reduce_min(v, axis=1)
+    at_row_low = tf.equal(v, tf.broadcast_to(row_low[:, tf.newaxis], shape))
+    row_arg = tf.reduce_min(tf.where(at_row_low, col_b, big), axis=1)
+    col_low = tf.reduce_min(v, axis=0)
+    at_col_low = tf.equal(v, tf.broadcast_to(col_low[tf.newaxis, :], shape))
+    col_arg = tf.reduce_min(tf.where(at_col_low, row_b, big), axis=0)
+    return row_low, row_arg, col_low, col_arg
+
+
+_xla_score_block = tf.function(_score_block, jit_compile=True, reduce_retracing=True)
+
+
+def _block_shape(m: tf.Tensor, widest: tf.Tensor, xla: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """(rows r, window w) of the blocks for m clusters whose largest class has `widest`.
+
+    w >= r + widest - 1, so a block's window holds every later cluster of its rows' classes.
+    Plain TF: the largest r with r * (r + widest) <= _BLOCK_SCORES (at most m), w = r +
+    widest. XLA: w = the next power of two >= max(2 * widest, _MIN_WIDTH), r = min(w / 2,
+    _BLOCK_SCORES / w), so that the shape depends on w only.
+    """
+    if xla:
+        x = tf.maximum(2 * widest, _MIN_WIDTH) - 1
+        for shift in (1, 2, 4, 8, 16):
+            x = tf.bitwise.bitwise_or(x, tf.bitwise.right_shift(x, shift))
+        w = x + 1
+        return tf.clip_by_value(_BLOCK_SCORES // w, 1, w // 2), w
+    c = tf.cast(widest, tf.float64)
+    r = tf.cast(tf.sqrt(_BLOCK_SCORES + c * c / 4) - c / 2, tf.int32)
+    r = tf.clip_by_value(r, 1, tf.maximum(m, 1))
+    return r, r + widest
+
+
+def _best_partners(
+    derived: tf.Tensor, class_end: tf.Tensor, widest: tf.Tensor, xla: bool
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Every cluster's best partner among the clusters of its class (see the module doc).
+
+    Args:
+        derived: [7, m] `derive`d boxes of the clusters, sorted by (class, key).
+        class_end: [m] int32, one past the last position of each cluster's class.
+        widest: [] int32, the size of the largest class. xla: XLA-compiled blocks.
+
+    Returns:
+        low [m] (inf if alone in its class), arg [m] int32 (the first position attaining
+        low; meaningless if inf) and the number of blocks scored [] int32.
+    """
+    dtype = derived.dtype
+    m = tf.shape(class_end, out_type=tf.int32)[0]
+    r, w = _block_shape(m, widest, xla)
+    num_blocks = (m + r - 1) // r
+    total = num_blocks * r + w
+    derived = tf.pad(derived, [[0, 0], [0, total - m]])
+    class_end = tf.pad(class_end, [[0, total - m]])
+    score_block = _xla_score_block if xla else _score_block
+
+    def body(b, row_low, row_arg, col_low, col_arg):
+        s = b * r
+        width = w if xla else tf.minimum(w, m - s)
+        window = s + tf.range(width)
+        low_r, arg_r, low_c, arg_c = score_block(
+            tf.slice(derived, tf.stack([0, s]), tf.stack([7, r])),
+            tf.slice(derived, tf.stack([0, s]), tf.stack([7, width])),
+            s + tf.range(r),
+            window,
+            tf.slice(class_end, [s], [r]),
+        )
+        # Earlier blocks hold smaller rows: keep their entry on ties (first row index).
+        old_low, old_arg = tf.slice(col_low, [s], [width]), tf.slice(col_arg, [s], [width])
+        better = low_c < old_low
+        at = window[:, tf.newaxis]
+        return (
+            b + 1,
+            row_low.write(b, low_r),
+            row_arg.write(b, arg_r),
+            tf.tensor_scatter_nd_update(col_low, at, tf.where(better, low_c, old_low)),
+            tf.tensor_scatter_nd_update(col_arg, at, tf.where(better, arg_c, old_arg)),
+        )
+
+    _, row_low, row_arg, col_low, col_arg = tf.while_loop(
+        lambda b, *_: b < num_blocks,
+        body,
+        (
+            tf.constant(0, tf.int32),
+            tf.TensorArray(dtype, size=num_blocks, element_shape=[None]),
+            tf.TensorArray(tf.int32, size=num_blocks, element_shape=[None]),
+            tf.fill([total], tf.constant(np.inf, dtype)),
+            tf.zeros([total], tf.int32),
+        ),
+    )
+    row_low, row_arg = row_low.concat()[:m], row_arg.concat()[:m]
+    col_low, col_arg = col_low[:m], col_arg[:m]
+    earlier = col_low <= row_low  # an earlier partner has the smaller position: first on ties
+    return tf.where(earlier, col_low, row_low), tf.where(earlier, col_arg, row_arg), num_blocks
+
+
+def _class_ranges(cls: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """class_end [m] (one past the last position of each cluster's class) and the size of
+    the largest class [], for clusters sorted by class (cls [m] int32)."""
+    m = tf.shape(cls, out_type=tf.int32)[0]
+    is_end = tf.concat([cls[1:] != cls[:-1], tf.ones([tf.minimum(m, 1)], tf.bool)], 0)
+    ends = tf.cast(tf.reshape(tf.where(is_end), [-1]), tf.int32) + 1  # [U]
+    sizes = ends - tf.concat([[0], ends[:-1]], 0)
+    block = tf.cumsum(tf.cast(is_end, tf.int32), exclusive=True)  # class block of each
+    return tf.gather(ends, block), tf.reduce_max(tf.concat([sizes, [0]], 0))
+
+
+def _round(
+    sums: tf.Tensor, key: tf.Tensor, cls: tf.Tensor, threshold: tf.Tensor, xla: bool
+) -> tuple[tf.Tensor, ...]:
+    """One round: every mutual best pair at <= threshold merges (see the module docstring).
+
+    Args:
+        sums: [m, 6] per cluster the sums of its members' y0, x0, y1, x1, the member count
+            and the score sum. key, cls: [m] int32 smallest member's input index, class;
+            sorted by (class, key). threshold: []. xla: XLA-compiled blocks.
+
+    Returns:
+        (sums, key, cls) of the clusters after the round (same order), the number of pairs
+        merged [] and of blocks scored [].
+    """
+    means = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
+    class_end, widest = _class_ranges(cls)
+    derived = tf.stack(derive(*tf.unstack(means, 4, axis=1)))
+    low, arg, blocks = _best_partners(derived, class_end, widest, xla)
+    m = tf.shape(key, out_type=tf.int32)[0]
+    position = tf.range(m)
+    partner = tf.minimum(arg, m - 1)
+    mutual = tf.logical_and(low <= threshold, tf.equal(tf.gather(arg, partner), position))
+    absorbs = tf.logical_and(mutual, arg > position)  # p of a pair p < q
+    stays = tf.logical_not(tf.logical_and(mutual, arg < position))  # not a q
+    sums = sums + tf.where(absorbs[:, tf.newaxis], tf.gather(sums, partner), tf.zeros_like(sums))
+    merged = tf.reduce_sum(tf.cast(absorbs, tf.int32))
+    return (
+        tf.boolean_mask(sums, stays),
+        tf.boolean_mask(key, stays),
+        tf.boolean_mask(cls, stays),
+        merged,
+        blocks,
+    )
+
+
+@tf.function(reduce_retracing=True)
+def mutual_merge_graph(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    threshold: tf.Tensor,
+    max_output: int,
+    xla: bool,
+) -> tuple[tf.Tensor, ...]:
+    """`overfeat_tf.merge.mutual_merge` on checked inputs, always as a graph.
+
+    Args:
+        boxes: [N, 4] yxyx (any units), finite, float (the computation dtype). scores: [N],
+            same dtype. classes: [N] int32. threshold: []. max_output: Python int >= 1.
+        xla: XLA-compiled blocks (see the module docstring); same results.
+
+    Returns:
+        The `MergeResult` fields (boxes [max_output, 4], scores, classes, num_members
+        [max_output], num_merged []), then rounds [] int32 (rounds in which a pair merged)
+        and block_steps [] int32 (blocks scored over all rounds, for benchmarks).
+    """
+    dtype = boxes.dtype
+    threshold = tf.cast(threshold, dtype)
+    order = tf.argsort(classes, stable=True)  # by class, input order within a class
+    sums = tf.concat(
+        [tf.gather(boxes, order), tf.ones_like(scores)[:, None], tf.gather(scores, order)[:, None]],
+        axis=1,
+    )  # [N, 6]
+    key, cls = order, tf.gather(classes, order)
+
+    def cond(sums, key, cls, merged, rounds, steps):
+        return tf.logical_and(merged > 0, tf.shape(key)[0] >= 2)
+
+    def body(sums, key, cls, merged, rounds, steps):
+        sums, key, cls, merged, blocks = _round(sums, key, cls, threshold, xla)
+        return sums, key, cls, merged, rounds + tf.minimum(merged, 1), steps + blocks
+
+    zero = tf.constant(0, tf.int32)
+    sums, key, cls, _, rounds, steps = tf.while_loop(
+        cond,
+        body,
+        (sums, key, cls, tf.constant(1, tf.int32), zero, zero),
+        shape_invariants=(
+            tf.TensorShape([None, 6]),
+            tf.TensorShape([None]),
+            tf.TensorShape([None]),
+            *[tf.TensorShape([])] * 3,
+        ),
+    )
+    clusters = (
+        tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5]),
+        sums[:, 5],
+        tf.cast(sums[:, 4], tf.int32),
+        key,
+        cls,
+    )
+    return (*_rank(clusters, max_output), rounds, steps)
+
+
+# For benchmarks and tests: the same graph function under another name.
+mutual_merge_plain = functools.partial(mutual_merge_graph, xla=False)

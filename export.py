@@ -3,7 +3,7 @@
     python export.py --model runs/tiny/localize/model.keras --export-dir serving/overfeat
     python export.py --model model.keras --export-dir serving/overfeat --version 3 \\
         --scales 231,263,300x400 --top-k 3 --merge-threshold 0.7 --max-detections 50 \\
-        --max-pixels 16000000 --feature-layer fc7
+        --max-pixels 16000000 --feature-layer fc7_linear
 
 Writes `<export-dir>/<version>/` (default version: 1 + the largest existing one) through a
 temporary directory and an atomic rename, and prints its path. A detector model

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
+
+from overfeat_tf import atomic, precision
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -44,14 +45,10 @@ def matmul_peak(dtype: tf.DType = tf.float32, n: int = 2048) -> float:
 
 
 def machine() -> str:
-    """One line naming the machine: CPU model, cores, TF version, date."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        pass
+    """One line naming the machine: CPU model and the flags that decide the compute dtype
+    (AVX2 / AVX-512 / AVX-512 BF16 / AMX, `precision.describe_cpu`), cores, TF version, date."""
     today = datetime.date.today().isoformat()
+    cpu = precision.describe_cpu()
     return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, {today}"
 
 
@@ -65,4 +62,4 @@ def write_section(title: str, body: str) -> None:
         if pattern.search(text)
         else text.rstrip() + "\n\n" + section
     )
-    BENCHMARKS_MD.write_text(text)
+    atomic.write_text(BENCHMARKS_MD, text)

@@ -110,16 +110,23 @@ class GreedyMergeDecoder(keras.layers.Layer):
 
 
 def class_nms(
-    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, iou: float, max_output: int
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    iou: float,
+    max_output: int,
+    per_class: bool = True,
 ) -> MergeResult:
-    """Per-class non-maximum suppression, padded like `greedy_merge`'s output.
+    """Non-maximum suppression, padded like `greedy_merge`'s output.
 
-    Boxes `[M, 4]` yxyx (any units) -> `MergeResult`, best first. Boxes of different classes
-    never suppress each other (they are offset by class, so one
-    `tf.image.non_max_suppression` call serves every class). `num_members` is 1 per kept box.
+    Boxes `[M, 4]` yxyx (any units) -> `MergeResult`, best first. With `per_class`, boxes of
+    different classes never suppress each other (they are offset by class, so one
+    `tf.image.non_max_suppression` call serves every class); without, any better box
+    suppresses (class-agnostic NMS). `num_members` is 1 per kept box.
     """
     extent = tf.reduce_max(tf.concat([tf.abs(tf.reshape(boxes, [-1])), [0.0]], axis=0))
     offset = tf.cast(classes, boxes.dtype)[:, tf.newaxis] * (2.0 + extent)  # [M, 1]
+    offset = offset if per_class else tf.zeros_like(offset)
     keep = tf.image.non_max_suppression(boxes + offset, scores, max_output, iou)  # [n]
     n = tf.shape(keep)[0]
     pad = max_output - n
@@ -149,6 +156,8 @@ class NMSDecoder(keras.layers.Layer):
     Args:
         iou_threshold: a box is suppressed by a better one of its class above this IoU.
         max_detections: D, the boxes kept.
+        per_class: only boxes of the same class suppress each other (default); False:
+            class-agnostic NMS.
 
     Example:
         >>> decoder = NMSDecoder(iou_threshold=0.5, max_detections=10)
@@ -159,22 +168,35 @@ class NMSDecoder(keras.layers.Layer):
     """
 
     def __init__(
-        self, iou_threshold: float = 0.5, max_detections: int = DEFAULT_MAX_OUTPUT, **kwargs: Any
+        self,
+        iou_threshold: float = 0.5,
+        max_detections: int = DEFAULT_MAX_OUTPUT,
+        per_class: bool = True,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not 0 < iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+        if not isinstance(per_class, bool):
+            raise ValueError(f"per_class must be True or False, got {per_class!r}.")
         self.iou_threshold = float(iou_threshold)
         self.max_detections = _check_max_detections(max_detections)
+        self.per_class = per_class
 
     def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
-        result = class_nms(boxes, scores, classes, self.iou_threshold, self.max_detections)
+        result = class_nms(
+            boxes, scores, classes, self.iou_threshold, self.max_detections, self.per_class
+        )
         return detections_dict(result)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(iou_threshold=self.iou_threshold, max_detections=self.max_detections)
+        config.update(
+            iou_threshold=self.iou_threshold,
+            max_detections=self.max_detections,
+            per_class=self.per_class,
+        )
         return config
 
 

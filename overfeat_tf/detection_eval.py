@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import cli, data, metrics, tfds_io
-from overfeat_tf.decoders import COMBINE, GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector, class_names, first_box_per_class
 from overfeat_tf.models import load_model
@@ -59,22 +59,29 @@ _FIELDS = ("boxes", "scores", "classes", "num")
 
 
 # --- per image, in TF ops ----------------------------------------------------------------------
-def detect_both(
-    detector: OverFeatDetector, image: tf.Tensor, nms_iou: float, guesses: int = GUESSES
-) -> dict[str, tf.Tensor]:
-    """Detections of one image `[H, W, 3]` (RGB 0..255) merged and NMS-ed from the same
-    dense boxes (TF ops, graph-safe): one pyramid + backbone run, the detector's decode.
+def default_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
+    """The two decoders every evaluation compares: "merge" (the paper's) and "nms"."""
+    d = options.max_detections
+    return {
+        "merge": GreedyMergeDecoder(options.merge_threshold, d),
+        "nms": NMSDecoder(options.nms_iou, d),
+    }
 
-    Returns a flat dict: `"{combine}/{field}"` for combine in ("merge", "nms") and field in
-    ("boxes" `[D, 4]` normalized yxyx, "scores" `[D]`, "classes" `[D]` int32, "num" `[]`
-    valid rows), the same under `"localize/{combine}/..."` when `detector.top_k != guesses`
+
+def detect_both(
+    detector: OverFeatDetector,
+    image: tf.Tensor,
+    decoders: dict[str, keras.layers.Layer],
+    guesses: int = GUESSES,
+) -> dict[str, tf.Tensor]:
+    """Detections of one image `[H, W, 3]` (RGB 0..255) by every decoder from the same dense
+    boxes (TF ops, graph-safe): one pyramid + backbone run, the detector's decode.
+
+    Returns a flat dict: `"{name}/{field}"` for each decoder name (e.g. "merge", "nms") and
+    field in ("boxes" `[D, 4]` normalized yxyx, "scores" `[D]`, "classes" `[D]` int32, "num"
+    `[]` valid rows), the same under `"localize/{name}/..."` when `detector.top_k != guesses`
     (localization keeps `top_k = guesses` classes per level), and `"class_scores"` `[C]`.
     """
-    d = detector.max_detections
-    decoders = {
-        "merge": GreedyMergeDecoder(detector.options.merge_threshold, d),
-        "nms": NMSDecoder(nms_iou, d),
-    }
     levels = detector.levels(tf.cast(image, tf.float32))
     dense = detector.dense_boxes(levels)
     passes = [("", dense)]
@@ -82,12 +89,12 @@ def detect_both(
         passes.append(("localize/", detector.dense_boxes(levels, top_k=guesses)))
     outputs: dict[str, tf.Tensor] = {"class_scores": dense[3]}
     for prefix, boxes in passes:
-        for combine in COMBINE:
-            out = detector.decode(*boxes, decoder=decoders[combine])
-            outputs[f"{prefix}{combine}/boxes"] = out["detection_boxes"]
-            outputs[f"{prefix}{combine}/scores"] = out["detection_scores"]
-            outputs[f"{prefix}{combine}/classes"] = out["detection_classes"]
-            outputs[f"{prefix}{combine}/num"] = out["num_detections"]
+        for name, decoder in decoders.items():
+            out = detector.decode(*boxes, decoder=decoder)
+            outputs[f"{prefix}{name}/boxes"] = out["detection_boxes"]
+            outputs[f"{prefix}{name}/scores"] = out["detection_scores"]
+            outputs[f"{prefix}{name}/classes"] = out["detection_classes"]
+            outputs[f"{prefix}{name}/num"] = out["num_detections"]
     return outputs
 
 
@@ -98,8 +105,10 @@ class DetectionEvaluator:
         model: an `OverFeatDetector` or an `OverFeat` network (with a regressor for real
             boxes; without one, every window is its own box).
         options: `DetectionOptions` (default: a detector's own, else the defaults); its
-            `combine` is ignored: both are computed.
+            `combine` is ignored: every decoder is computed.
         guesses: localization guesses per image (ILSVRC: 5).
+        decoders: name -> decoder layer (default: `default_decoders(options)`, the merge and
+            NMS), all applied to the same dense boxes.
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class DetectionEvaluator:
         model: keras.Model,
         options: DetectionOptions | None = None,
         guesses: int = GUESSES,
+        decoders: dict[str, keras.layers.Layer] | None = None,
     ) -> None:
         if not isinstance(guesses, int) or guesses < 1:
             raise ValueError(f"guesses must be a positive int, got {guesses!r}.")
@@ -115,8 +125,9 @@ class DetectionEvaluator:
         self.options = options
         self.detector = OverFeatDetector.from_options(model, options)
         self.guesses = guesses
+        self.decoders = decoders or default_decoders(options)
         self._detect = tf.function(
-            lambda image: detect_both(self.detector, image, options.nms_iou, guesses),
+            lambda image: detect_both(self.detector, image, self.decoders, guesses),
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
             reduce_retracing=True,
         )
@@ -135,10 +146,11 @@ class DetectionEvaluator:
                 "classes": out[f"{prefix}classes"][:n],
             }
 
-        result: dict[str, Any] = {c: found(f"{c}/") for c in COMBINE}
-        localize = "localize/" if f"localize/{COMBINE[0]}/num" in out else ""
+        names = list(self.decoders)
+        result: dict[str, Any] = {c: found(f"{c}/") for c in names}
+        localize = "localize/" if f"localize/{names[0]}/num" in out else ""
         result["localize"] = {
-            c: first_box_per_class(found(f"{localize}{c}/"), self.guesses) for c in COMBINE
+            c: first_box_per_class(found(f"{localize}{c}/"), self.guesses) for c in names
         }
         result["class_scores"] = out["class_scores"]
         return result
@@ -184,6 +196,7 @@ def evaluate_detection(
     iou_threshold: float = 0.5,
     max_examples: int | None = None,
     progress: bool = False,
+    decoders: dict[str, keras.layers.Layer] | None = None,
 ) -> dict[str, Any]:
     """Localization error, AP / mAP (merge vs NMS) and classification errors on a split.
 
@@ -199,19 +212,22 @@ def evaluate_detection(
         iou_threshold: IoU of a correct detection / localization (0.5).
         max_examples: evaluate only the first `max_examples` images.
         progress: show a progress bar over the images on stderr.
+        decoders: name -> decoder layer, all applied to the same dense boxes (default: "merge"
+            and "nms", `default_decoders`).
 
     Returns:
         A JSON-able dict: `examples`, `labelled_examples`, `objects`, `corrupt_records`,
         `seconds` (all images), `first_image_seconds` (includes tracing the per-image
         function), `seconds_per_image` (after the first), `options`, `guesses`, `iou_threshold`,
-        `class_names`, `classification` (`top1_error`, `top5_error`, %), and for "merge"
-        and "nms": `map` (mAP@iou, None if no ground truth), `ap` (per class, None for
-        classes without ground truth), `localization_error` (%), `detections_per_image`.
+        `class_names`, `classification` (`top1_error`, `top5_error`, %), and for each
+        decoder ("merge" and "nms" by default): `map` (mAP@iou, None if no ground truth),
+        `ap` (per class, None for classes without ground truth), `localization_error` (%),
+        `detections_per_image`.
     """
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1, got {max_examples}.")
-    evaluator = DetectionEvaluator(model, options, guesses)
-    tally = _Tally(evaluator.detector.num_classes)
+    evaluator = DetectionEvaluator(model, options, guesses, decoders)
+    tally = _Tally(evaluator.detector.num_classes, list(evaluator.decoders))
     counter = data.CorruptRecordCounter()
     images = detection_split(dataset, split, data_dir, counter)
     if max_examples is not None:
@@ -253,12 +269,13 @@ class _Tally:
     """What `evaluate_detection` accumulates over the images (detections, localization
     guesses, classification hits) and the scores it gives at the end."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, names: list[str]) -> None:
         self.num_classes = num_classes
-        self.accumulators = {c: metrics.DetectionAccumulator(num_classes) for c in COMBINE}
-        self.loc_guesses: dict[str, list[metrics.Guesses]] = {c: [] for c in COMBINE}
+        self.names = names
+        self.accumulators = {c: metrics.DetectionAccumulator(num_classes) for c in names}
+        self.loc_guesses: dict[str, list[metrics.Guesses]] = {c: [] for c in names}
         self.loc_truth: list[metrics.GroundTruth] = []
-        self.num_detections = dict.fromkeys(COMBINE, 0)
+        self.num_detections = dict.fromkeys(names, 0)
         self.top1 = self.top5 = self.count = self.objects = 0
 
     def check_labels(self, gt_labels: np.ndarray, label: int) -> None:
@@ -270,14 +287,14 @@ class _Tally:
             )
 
     def add(self, out: dict, gt_boxes: np.ndarray, gt_labels: np.ndarray, label: int) -> None:
-        for c in COMBINE:
+        for c in self.names:
             det = out[c]
             self.accumulators[c].add_image(
                 det["boxes"], det["scores"], det["classes"], gt_boxes, gt_labels
             )
             self.num_detections[c] += len(det["scores"])
         if label >= 0:
-            for c in COMBINE:
+            for c in self.names:
                 loc = out["localize"][c]
                 self.loc_guesses[c].append(metrics.Guesses(loc["classes"], loc["boxes"]))
             self.loc_truth.append(metrics.GroundTruth(label, gt_boxes, gt_labels))
@@ -295,7 +312,7 @@ class _Tally:
                 "top5_error": 100.0 * (1 - self.top5 / labelled) if labelled else None,
             }
         }
-        for c in COMBINE:
+        for c in self.names:
             ap = self.accumulators[c].average_precision(iou_threshold)
             error = (
                 metrics.localization_error(

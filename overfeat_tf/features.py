@@ -1,38 +1,46 @@
 """Feature extraction at any layer of an OverFeat model (like OverFeat's `-L n` and `-f`).
 
-Layers are named after the paper, or numbered like the modules of the original OverFeat
-library (`overfeat -L n`, `overfeat.get_output(n)`), which counts every zero padding,
-convolution, ReLU and max-pool as its own layer, from 0:
+Layers are named after the paper, or numbered like the modules of the released OverFeat
+(`overfeat -L n`, `overfeat.get_output(n)`). The release's network is one Torch-style
+sequence: module 0 is the input normalization, then every zero padding, convolution, ReLU
+(`nn.Threshold`) and max-pool is a module of its own, and fc6..fc8 are convolutions too
+(6x6 / 5x5, then 1x1). There are no dropout modules at test time. A convolution's number is
+its output *before* the ReLU (`convN_linear`, `fcN_linear`); the next number is the ReLU's
+output (`convN`, `fcN`: the Keras layers' outputs). `tiny` has the fast net's topology, so
+it has the fast net's numbers:
 
-    n   fast / tiny          accurate
-    0   conv1_linear         conv1_linear     conv1 before its ReLU
-    1   conv1                conv1            conv1 after its ReLU (the Keras layer's output)
-    2   pool1                pool1
-    3   conv2_linear         conv2_linear
-    4   conv2                conv2
-    5   pool2                pool2
-    6   pad3                 pad3             conv3's input, zero padded by 1
-    7   conv3_linear         conv3_linear
-    8   conv3                conv3
-    9   pad4                 pad4
-    10  conv4_linear         conv4_linear
-    11  conv4                conv4
-    12  pad5                 pad5
-    13  conv5_linear         conv5_linear
-    14  conv5                conv5
-    15  pool5                pad6
-    16  fc6_linear           conv6_linear
-    17  fc6                  conv6
-    18  fc7_linear           pool6
-    19  fc7                  fc6_linear
-    20  fc8                  fc6
-    21                       fc7_linear
-    22                       fc7
-    23                       fc8              the class scores (logits)
+    n   fast / tiny   module           accurate      module
+    0   normalize     normalization    normalize     normalization
+    1   conv1_linear  conv 11x11/4     conv1_linear  conv 7x7/2
+    2   conv1         ReLU             conv1         ReLU
+    3   pool1         max-pool 2x2/2   pool1         max-pool 3x3/3
+    4   conv2_linear  conv 5x5         conv2_linear  conv 7x7
+    5   conv2         ReLU             conv2         ReLU
+    6   pool2         max-pool 2x2/2   pool2         max-pool 2x2/2
+    7   pad3          zero pad 1       pad3          zero pad 1
+    8   conv3_linear  conv 3x3         conv3_linear  conv 3x3
+    9   conv3         ReLU             conv3         ReLU
+    10  pad4          zero pad 1       pad4          zero pad 1
+    11  conv4_linear  conv 3x3         conv4_linear  conv 3x3
+    12  conv4         ReLU             conv4         ReLU
+    13  pad5          zero pad 1       pad5          zero pad 1
+    14  conv5_linear  conv 3x3         conv5_linear  conv 3x3
+    15  conv5         ReLU             conv5         ReLU
+    16  pool5         max-pool 2x2/2   pad6          zero pad 1
+    17  fc6_linear    conv 6x6 (fc6)   conv6_linear  conv 3x3
+    18  fc6           ReLU             conv6         ReLU
+    19  fc7_linear    conv 1x1 (fc7)   pool6         max-pool 3x3/3
+    20  fc7           ReLU             fc6_linear    conv 5x5 (fc6)
+    21  fc8           conv 1x1 (fc8)   fc6           ReLU
+    22                                 fc7_linear    conv 1x1 (fc7)
+    23                                 fc7           ReLU
+    24                                 fc8           conv 1x1 (fc8)
 
-`layer_names(config)` gives this list for any configuration. OverFeat's own `overfeat -f`
-(release 3.x script) prints layer 19 (fast) / 22 (accurate): `fc7`, 4096 features per
-window.
+`normalize` is `(x - 118.380948) / 61.896913` of the raw RGB pixels, `fc8` the class scores
+(logits, before the softmax). `layer_names(config)` gives this list for any configuration
+(`layer_names(c)[n]` is `-L n`), `layer_number` the inverse. OverFeat's `overfeat -f`
+prints layer 19 (fast) / 22 (accurate): `fc7_linear`, fc7 before its ReLU, 4096 features
+per window; `FEATURE_LAYER` is that name and the command line's default layer.
 
 Dense features are the spatial map `[H', W', C]` of the layer. For the last pool and the
 classifier layers (fc6..fc8) `stride="coarse"` pools at offset 0 only, as OverFeat's own
@@ -43,8 +51,11 @@ reduction the paper uses for classification (§3.3, spatial max per class).
 
 Command line (one `.npy` per image, named after the image file: `cat.jpg` -> `cat.jpg.npy`):
 
-    python -m overfeat_tf.features --model fast-imagenet.keras --layer fc7 \\
+    python -m overfeat_tf.features --model fast-imagenet.keras [--layer fc7_linear] \\
         --images photos/ --output features/ [--pooled] [--size 231] [--stride coarse]
+
+`--layer` takes a name or a number (`--layer 19` on the fast net is `fc7_linear`); the
+default is `FEATURE_LAYER`, the layer `overfeat -f` prints.
 
 Images (JPEG, PNG, GIF, BMP; any size, grey, palette, alpha, CMYK, 16-bit) are read as RGB by
 `image_io.load_image` and resized so that their short side is `--size` pixels, keeping the
@@ -72,12 +83,21 @@ from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _CLASSIFIER = ("fc6_linear", "fc6", "fc7_linear", "fc7", "fc8")
+INPUT_LAYER = "normalize"
+"""Layer 0: the normalized input `(x - 118.380948) / 61.896913` (the model's first layer)."""
+FEATURE_LAYER = "fc7_linear"
+"""The layer OverFeat's `overfeat -f` prints: fc7 before its ReLU (19 fast / tiny, 22 accurate)."""
 
 
 def layer_names(config: str | ModelConfig) -> list[str]:
-    """The feature layers in OverFeat's module order: `layer_names(c)[n]` is `-L n`."""
+    """The feature layers in the release's module order: `layer_names(c)[n]` is `-L n`.
+
+    Module 0 is the input normalization; then per conv layer its zero padding (3x3 layers),
+    the convolution (`convN_linear`, before the ReLU), the ReLU (`convN`) and its max-pool if
+    it pools (`poolN`); then fc6, fc7 (each before / after its ReLU) and fc8.
+    """
     config = get_config(config)
-    names: list[str] = []
+    names: list[str] = [INPUT_LAYER]
     for i, spec in enumerate(config.convs, start=1):
         if spec.padding:
             names.append(f"pad{i}")
@@ -106,6 +126,11 @@ def resolve_layer(config: str | ModelConfig, layer: str | int) -> str:
     )
 
 
+def layer_number(config: str | ModelConfig, layer: str | int) -> int:
+    """OverFeat's number (`-L n`) of a layer given by name or number; ValueError if unknown."""
+    return layer_names(config).index(resolve_layer(config, layer))
+
+
 def _check_stride(stride: str) -> None:
     if stride not in STRIDES:
         raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
@@ -118,6 +143,8 @@ def feature_size(
     config = get_config(config)
     target = resolve_layer(config, layer)
     _check_stride(stride)
+    if target == INPUT_LAYER:
+        return max(side, 0)
     last = len(config.convs)
     for i, spec in enumerate(config.convs, start=1):
         side += 2 * spec.padding
@@ -178,8 +205,9 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
     Args:
         model: an `OverFeat` model (e.g. converted from the released weights); the feature
             model shares its weights.
-        layer: a name from `layer_names(model.config)` ("conv5", "pool5", "fc7", ...) or
-            OverFeat's layer number (`-L n`; see the module docstring).
+        layer: a name from `layer_names(model.config)` ("normalize", "conv5", "pool5",
+            "fc7_linear", "fc7", ...) or OverFeat's layer number (`-L n`, counted from the
+            input normalization = 0; see the module docstring).
         stride: for the last pool and fc6..fc8: "coarse" (offset 0, OverFeat's own
             extractor) or "fine" (every offset, interleaved: paper §3.3). Earlier layers do
             not depend on it.
@@ -196,6 +224,8 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
         return keras.Model(image, features, name=f"{model.name}_{target}_{stride}")
 
     x = model.get_layer("normalize")(image)
+    if target == INPUT_LAYER:
+        return done(x)
     last = len(config.convs)
     for i, spec in enumerate(config.convs, start=1):
         conv = model.get_layer(f"conv{i}")
@@ -342,9 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="an OverFeat .keras model")
     parser.add_argument(
         "--layer",
-        required=True,
-        help="layer name (conv5, pool5, fc7, ...) or OverFeat's layer number as in its -L "
-        "(19 = fc7 fast, 22 = fc7 accurate; see `pydoc overfeat_tf.features`)",
+        default=FEATURE_LAYER,
+        help="layer name (normalize, conv5, pool5, fc7_linear, fc7, fc8, ...) or the "
+        "release's layer number as in `overfeat -L n` (0 = normalized input; 19 fast / 22 "
+        "accurate = fc7 before its ReLU; see `pydoc overfeat_tf.features`); default "
+        f"{FEATURE_LAYER}, what `overfeat -f` prints",
     )
     parser.add_argument("--images", required=True, help="folder of JPEG/PNG/GIF/BMP images")
     parser.add_argument("--output", required=True, help="folder for the .npy files")

@@ -88,8 +88,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import merge_greedy
-from overfeat_tf.merge_reference import greedy_merge_numpy, match_score_numpy
+from overfeat_tf import merge_greedy, merge_mutual
+from overfeat_tf.merge_reference import greedy_merge_numpy, match_score_numpy, mutual_merge_numpy
 from overfeat_tf.merge_score import MERGE_THRESHOLD, match_score
 
 try:  # private TF API: whether `tf.saved_model.save` is tracing (then no XLA by default)
@@ -110,6 +110,8 @@ __all__ = [
     "jit_compile_default",
     "match_score",
     "match_score_numpy",
+    "mutual_merge",
+    "mutual_merge_numpy",
 ]
 
 # Default number of merged boxes kept per image (the TF Object Detection API's usual 100).
@@ -300,3 +302,53 @@ def batched_greedy_merge(
     )
     out = tf.map_fn(one, (boxes, scores, classes, num_valid), fn_output_signature=signature)
     return MergeResult(*out)
+
+
+def mutual_merge(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    threshold: float | tf.Tensor = MERGE_THRESHOLD,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    jit_compile: bool | None = None,
+    return_rounds: bool = False,
+) -> MergeResult | tuple[MergeResult, tf.Tensor]:
+    """Merge of one image's boxes in rounds of mutual best matches (`overfeat_tf.merge_mutual`).
+
+    The greedy merge's rules (per class, `match_score` <= threshold, boxes averaged over
+    their members, scores added) in few dependent loop iterations instead of one per merge:
+    in each round every cluster finds its best partner of its class (lowest match_score,
+    first by key on ties) and all pairs of mutual best partners at <= threshold merge at
+    once; it stops after a round without merges. Core TF ops only (eager, `tf.function`,
+    SavedModels; no py_function, no XLA needed). Output as `greedy_merge`'s.
+
+    Args:
+        boxes: [N, 4] yxyx boxes (pixels or normalized; float32 or float64, which sets the
+            computation dtype). Must be finite.
+        scores: [N] confidence of each box. classes: [N] integer class of each box.
+        threshold: mutual best partners merge when their match_score is <= threshold.
+        max_output: size of the padded output (Python int >= 1).
+        jit_compile: score the blocks of a round with XLA-compiled kernels (one compile per
+            block width, once per process). None: as `greedy_merge` (XLA, except while
+            `tf.saved_model.save` traces or inside `jit_compile_default(False)`). Same
+            results either way.
+        return_rounds: also return the number of rounds in which some pair merged ([]
+            int32; the loop runs at most one more iteration).
+
+    Returns:
+        `MergeResult` (padded to `max_output` rows, `num_merged` valid; sorted by
+        accumulated score descending, ties by smallest member index); with
+        `return_rounds`, `(MergeResult, rounds)`.
+    """
+    _check_params(threshold, max_output)
+    xla = _resolve_jit_compile(jit_compile)
+    boxes, scores, classes, checks = _check_inputs(boxes, scores, classes, batched=False)
+    threshold = tf.cast(threshold, boxes.dtype)
+    checks.append(tf.debugging.assert_all_finite(threshold, "mutual_merge: bad threshold."))
+    with tf.control_dependencies(checks):
+        boxes = tf.identity(boxes)
+    *fields, rounds, _ = merge_mutual.mutual_merge_graph(
+        boxes, scores, classes, threshold, max_output, xla
+    )
+    result = MergeResult(*fields)
+    return (result, rounds) if return_rounds else result

@@ -52,8 +52,6 @@ Two ways to run a block, same arithmetic (results bitwise equal in tests):
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tensorflow as tf
 
@@ -66,7 +64,9 @@ __all__ = ["mutual_merge_graph"]
 # temporaries per score without XLA: ~60 MB in float32), not O(n^2).
 _BLOCK_SCORES = 1 << 19
 
-# Under XLA, window widths are powers of two >= _MIN_WIDTH (few shapes compile).
+# Under XLA a block is one fused kernel (no temporaries per score), so blocks can be larger;
+# window widths are powers of two >= _MIN_WIDTH (few shapes compile).
+_XLA_BLOCK_SCORES = 1 << 21
 _MIN_WIDTH = 64
 
 
@@ -78,7 +78,8 @@ def _score_block(
     Args:
         rows: [7, r] `derive`d cluster boxes of the block's rows. cols: [7, w] those of the
             window's columns. row_index [r], col_index [w]: their positions (int32).
-        row_end: [r] int32, one past the last position of each row's class (0 on padding).
+        row_end: [r] int32, one past the last position of each row's class (the row's
+            position + 1 on padding rows: no partner).
 
     Returns:
         row_low, row_arg [r]: per row k, the lowest score against a column l > k of its
@@ -86,42 +87,50 @@ def _score_block(
         against a row k < l of its class and the first such k (inf if none; the arg is
         then meaningless).
     """
-    shape = tf.stack([tf.shape(row_index)[0], tf.shape(col_index)[0]])
-    col_b = tf.broadcast_to(col_index[tf.newaxis, :], shape)
-    row_b = tf.broadcast_to(row_index[:, tf.newaxis], shape)
-    later = tf.logical_and(col_b > row_b, col_b < tf.broadcast_to(row_end[:, None], shape))
     scores = pair_scores(
         tuple(x[:, tf.newaxis] for x in tf.unstack(rows, 7)),
         tuple(x[tf.newaxis, :] for x in tf.unstack(cols, 7)),
-    )
-    v = tf.where(later, scores, tf.fill(shape, tf.constant(np.inf, rows.dtype)))
-    big = tf.fill(shape, tf.int32.max)
+    )  # [r, w]
+    # Column l is a later one of row k's class iff k < l < end(k), i.e. (as unsigned ints)
+    # l - k - 1 < end(k) - k - 1: two broadcasting ops.
+    offset = tf.bitcast(col_index[tf.newaxis, :] - row_index[:, tf.newaxis] - 1, tf.uint32)
+    later = tf.less(offset, tf.bitcast(row_end - row_index - 1, tf.uint32)[:, tf.newaxis])
+    v = tf.where(later, scores, tf.constant(np.inf, rows.dtype))
+    big = tf.constant(np.iinfo(np.int32).max, tf.int32)
     row_low = tf.reduce_min(v, axis=1)
-    at_row_low = tf.equal(v, tf.broadcast_to(row_low[:, tf.newaxis], shape))
-    row_arg = tf.reduce_min(tf.where(at_row_low, col_b, big), axis=1)
+    at_row_low = tf.equal(v, row_low[:, tf.newaxis])
+    row_arg = tf.reduce_min(tf.where(at_row_low, col_index[tf.newaxis, :], big), axis=1)
     col_low = tf.reduce_min(v, axis=0)
-    at_col_low = tf.equal(v, tf.broadcast_to(col_low[tf.newaxis, :], shape))
-    col_arg = tf.reduce_min(tf.where(at_col_low, row_b, big), axis=0)
+    at_col_low = tf.equal(v, col_low[tf.newaxis, :])
+    col_arg = tf.reduce_min(tf.where(at_col_low, row_index[:, tf.newaxis], big), axis=0)
     return row_low, row_arg, col_low, col_arg
 
 
-_xla_score_block = tf.function(_score_block, jit_compile=True, reduce_retracing=True)
+_xla_score_block = tf.function(
+    _score_block, jit_compile=True, reduce_retracing=True, autograph=False
+)
+
+
+def _next_power_of_two(x: tf.Tensor) -> tf.Tensor:
+    """The smallest power of two >= x (x >= 1, int32)."""
+    x = x - 1
+    for shift in (1, 2, 4, 8, 16):
+        x = tf.bitwise.bitwise_or(x, tf.bitwise.right_shift(x, shift))
+    return x + 1
 
 
 def _block_shape(m: tf.Tensor, widest: tf.Tensor, xla: bool) -> tuple[tf.Tensor, tf.Tensor]:
     """(rows r, window w) of the blocks for m clusters whose largest class has `widest`.
 
-    w >= r + widest - 1, so a block's window holds every later cluster of its rows' classes.
-    Plain TF: the largest r with r * (r + widest) <= _BLOCK_SCORES (at most m), w = r +
-    widest. XLA: w = the next power of two >= max(2 * widest, _MIN_WIDTH), r = min(w / 2,
-    _BLOCK_SCORES / w), so that the shape depends on w only.
+    A block of r rows needs a window of at most r + widest - 1 columns (every later cluster
+    of its rows' classes). Plain TF: the largest r with r * (r + widest) <= _BLOCK_SCORES
+    (at most m); the window of each block is then cut exactly at its last row's class end.
+    XLA (static shapes, a function of w only): w = the next power of two >= max(8 / 7 *
+    widest + 1, _MIN_WIDTH), r = min(w / 8, _XLA_BLOCK_SCORES / w) (so r + widest <= w).
     """
     if xla:
-        x = tf.maximum(2 * widest, _MIN_WIDTH) - 1
-        for shift in (1, 2, 4, 8, 16):
-            x = tf.bitwise.bitwise_or(x, tf.bitwise.right_shift(x, shift))
-        w = x + 1
-        return tf.clip_by_value(_BLOCK_SCORES // w, 1, w // 2), w
+        w = _next_power_of_two(tf.maximum((8 * widest + 6) // 7 + 1, _MIN_WIDTH))
+        return tf.clip_by_value(tf.minimum(w // 8, _XLA_BLOCK_SCORES // w), 1, w), w
     c = tf.cast(widest, tf.float64)
     r = tf.cast(tf.sqrt(_BLOCK_SCORES + c * c / 4) - c / 2, tf.int32)
     r = tf.clip_by_value(r, 1, tf.maximum(m, 1))
@@ -148,12 +157,14 @@ def _best_partners(
     num_blocks = (m + r - 1) // r
     total = num_blocks * r + w
     derived = tf.pad(derived, [[0, 0], [0, total - m]])
-    class_end = tf.pad(class_end, [[0, total - m]])
+    # Padding rows p: end p + 1, so that no column is a later one of their class.
+    class_end = tf.concat([class_end, tf.range(m, total) + 1], 0)
     score_block = _xla_score_block if xla else _score_block
 
     def body(b, row_low, row_arg, col_low, col_arg):
         s = b * r
-        width = w if xla else tf.minimum(w, m - s)
+        # The window: up to the class end of the block's last row (XLA: w columns).
+        width = w if xla else class_end[tf.minimum(s + r, m) - 1] - s
         window = s + tf.range(width)
         low_r, arg_r, low_c, arg_c = score_block(
             tf.slice(derived, tf.stack([0, s]), tf.stack([7, r])),
@@ -237,7 +248,42 @@ def _round(
     )
 
 
-@tf.function(reduce_retracing=True)
+def _initial_clusters(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The clusters before the first round: the boxes of a class with identical coordinates
+    form one cluster (they score 0, the lowest score, and any merge order gives the same
+    cluster; merged in rounds, k copies would take k - 1 rounds, since on ties every copy's
+    best partner is the same first one). boxes [N, 4], scores [N], classes [N] int32.
+
+    Returns:
+        sums [K, 6] (sums of the members' y0, x0, y1, x1, count, score sum), key [K] int32
+        (smallest member's input index) and cls [K] int32, sorted by (class, key).
+    """
+    n = tf.shape(classes, out_type=tf.int32)[0]
+    order = tf.range(n)
+    # Sorted by (class, y0, x0, y1, x1), input order among equals: stable sorts, last key first.
+    for column in (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], classes):
+        order = tf.gather(order, tf.argsort(tf.gather(column, order), stable=True))
+    sorted_boxes, sorted_classes = tf.gather(boxes, order), tf.gather(classes, order)
+    differs = tf.logical_or(
+        tf.reduce_any(tf.not_equal(sorted_boxes[1:], sorted_boxes[:-1]), axis=1),
+        tf.not_equal(sorted_classes[1:], sorted_classes[:-1]),
+    )
+    is_first = tf.concat([tf.ones([tf.minimum(n, 1)], tf.bool), differs], 0)
+    group = tf.cumsum(tf.cast(is_first, tf.int32)) - 1  # [N] group of each sorted box
+    count = tf.math.segment_sum(tf.ones([n], boxes.dtype), group)  # [K]
+    score = tf.math.segment_sum(tf.gather(scores, order), group)
+    box = tf.boolean_mask(sorted_boxes, is_first)
+    key = tf.boolean_mask(order, is_first)  # the first of a group has the smallest index
+    cls = tf.boolean_mask(sorted_classes, is_first)
+    by_key = tf.argsort(key, stable=True)
+    by_class_key = tf.gather(by_key, tf.argsort(tf.gather(cls, by_key), stable=True))
+    sums = tf.concat([box * count[:, None], count[:, None], score[:, None]], axis=1)
+    return tf.gather(sums, by_class_key), tf.gather(key, by_class_key), tf.gather(cls, by_class_key)
+
+
+@tf.function(reduce_retracing=True, autograph=False)
 def mutual_merge_graph(
     boxes: tf.Tensor,
     scores: tf.Tensor,
@@ -258,14 +304,8 @@ def mutual_merge_graph(
         [max_output], num_merged []), then rounds [] int32 (rounds in which a pair merged)
         and block_steps [] int32 (blocks scored over all rounds, for benchmarks).
     """
-    dtype = boxes.dtype
-    threshold = tf.cast(threshold, dtype)
-    order = tf.argsort(classes, stable=True)  # by class, input order within a class
-    sums = tf.concat(
-        [tf.gather(boxes, order), tf.ones_like(scores)[:, None], tf.gather(scores, order)[:, None]],
-        axis=1,
-    )  # [N, 6]
-    key, cls = order, tf.gather(classes, order)
+    threshold = tf.cast(threshold, boxes.dtype)
+    sums, key, cls = _initial_clusters(boxes, scores, classes)
 
     def cond(sums, key, cls, merged, rounds, steps):
         return tf.logical_and(merged > 0, tf.shape(key)[0] >= 2)
@@ -294,7 +334,3 @@ def mutual_merge_graph(
         cls,
     )
     return (*_rank(clusters, max_output), rounds, steps)
-
-
-# For benchmarks and tests: the same graph function under another name.
-mutual_merge_plain = functools.partial(mutual_merge_graph, xla=False)

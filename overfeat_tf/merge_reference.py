@@ -11,7 +11,7 @@ import numpy as np
 
 from overfeat_tf.merge_score import MERGE_THRESHOLD
 
-__all__ = ["greedy_merge_numpy", "match_score_numpy"]
+__all__ = ["greedy_merge_numpy", "match_score_numpy", "mutual_merge_numpy"]
 
 
 def match_score_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -79,3 +79,84 @@ def greedy_merge_numpy(
         np.array([r[3] for r in results]),
         np.array([r[4] for r in results]),
     )
+
+
+def mutual_merge_numpy(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    threshold: float = MERGE_THRESHOLD,
+    return_rounds: bool = False,
+) -> (
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    | tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], int]
+):
+    """Plain reference of the mutual-best-match merge (`overfeat_tf.merge_mutual`; float64).
+
+    Per class: boxes with identical coordinates start as one cluster; then, in rounds,
+    every cluster's best partner is the other cluster of its class
+    with the lowest match_score of the cluster means (first in key order on ties, a key
+    being the smallest member's input index); every pair of clusters that are each other's
+    best partner at a score <= threshold merges (all such pairs in the same round), the
+    merged cluster keeping the smaller key; stop after a round without merges.
+
+    Args:
+        boxes: [N, 4] yxyx. scores: [N]. classes: [N] integer.
+        threshold: pairs merge when their match_score is <= threshold.
+        return_rounds: also return the number of rounds in which some pair merged (the
+            largest over the classes, which run in the same rounds).
+
+    Returns:
+        (boxes [K, 4], scores [K], classes [K], num_members [K]) of all K merged boxes,
+        sorted by accumulated score descending, ties by smallest member index; with
+        `return_rounds`, (that tuple, rounds).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    classes = np.asarray(classes).reshape(-1)
+    if not len(boxes) == len(scores) == len(classes):
+        raise ValueError("boxes, scores and classes must hold the same number of boxes.")
+    results = []  # (score, key, box, class, count)
+    rounds = 0
+    for c in np.unique(classes):
+        # Clusters as lists of member indices, kept in key order (a merge keeps the smaller).
+        # Boxes with identical coordinates start as one cluster (+ 0.0: -0.0 equals 0.0).
+        members = np.flatnonzero(classes == c)
+        _, group = np.unique(boxes[members] + 0.0, axis=0, return_inverse=True)
+        groups: dict[int, list[int]] = {}
+        for k, g in zip(members, group.reshape(-1), strict=True):
+            groups.setdefault(int(g), []).append(int(k))
+        clusters = sorted(groups.values(), key=min)
+        class_rounds = 0
+        while len(clusters) >= 2:
+            means = np.array([boxes[m].mean(axis=0) for m in clusters])  # [m, 4]
+            pair = match_score_numpy(means[:, None, :], means[None, :, :])  # [m, m]
+            np.fill_diagonal(pair, np.inf)
+            best = np.argmin(pair, axis=1)  # first index on ties
+            low = pair[np.arange(len(clusters)), best]
+            merges = [
+                (p, int(q))
+                for p, q in enumerate(best)
+                if p < q and best[q] == p and low[p] <= threshold
+            ]
+            if not merges:
+                break
+            class_rounds += 1
+            for p, q in merges:
+                clusters[p] = clusters[p] + clusters[q]
+            gone = {q for _, q in merges}
+            clusters = [m for k, m in enumerate(clusters) if k not in gone]
+        rounds = max(rounds, class_rounds)
+        for m in clusters:
+            results.append((scores[m].sum(), min(m), boxes[m].mean(axis=0), c, len(m)))
+    results.sort(key=lambda r: (-r[0], r[1]))
+    if not results:
+        out = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, classes.dtype), np.zeros(0, int))
+    else:
+        out = (
+            np.array([r[2] for r in results]),
+            np.array([r[0] for r in results]),
+            np.array([r[3] for r in results]),
+            np.array([r[4] for r in results]),
+        )
+    return (out, rounds) if return_rounds else out

@@ -84,7 +84,7 @@ from overfeat_tf.detector import (
     output_spec,
     top_classes,
 )
-from overfeat_tf.features import feature_model, min_input_size, resolve_layer
+from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
 from overfeat_tf.inference import classify_tensor
 from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import backbone_of
@@ -110,8 +110,9 @@ class ExportOptions(DetectionOptions):
 
     Attributes:
         max_pixels: bound on `height * width` of an input image (checked before decoding).
-        feature_layer: the `features` signature's layer: a name ("fc7", "pool5", ...) or
-            OverFeat's layer number (`features.layer_names`).
+        feature_layer: the `features` signature's layer: a name ("fc7_linear", "fc7",
+            "pool5", ...) or OverFeat's layer number (`features.layer_names`); default the
+            release's `-f` layer, fc7 before its ReLU.
         feature_size: short side (px) images are resized to for `features`; None = the
             net's crop size; 0 = keep the original size.
     """
@@ -121,8 +122,9 @@ class ExportOptions(DetectionOptions):
         "reject images of more pixels (height x width), checked before decoding",
     )
     feature_layer: str | int = option(
-        "fc7",
-        "layer of the features signature: a name (fc7, pool5, ...) or OverFeat's number",
+        FEATURE_LAYER,
+        "layer of the features signature: a name (fc7_linear, fc7, pool5, ...) or OverFeat's "
+        "number (19 fast / 22 accurate = fc7 before its ReLU, as `overfeat -f`)",
         parse=_layer,
     )
     feature_size: int | None = option(

@@ -112,6 +112,16 @@ def test_nms_decoder_equals_a_numpy_nms(rng):
     np.testing.assert_array_equal(out["detection_members"][:n], 1)
 
 
+def test_class_agnostic_nms_decoder_equals_a_numpy_nms(rng):
+    boxes, scores, classes = _random_boxes(rng, 80, 3)
+    out = NMSDecoder(0.4, 100, per_class=False)(boxes, scores, classes)
+    kept = _nms_numpy(boxes, scores, np.zeros_like(classes), 0.4)
+    n = int(out["num_detections"])
+    assert n == len(kept) < len(_nms_numpy(boxes, scores, classes, 0.4))
+    np.testing.assert_allclose(out["detection_boxes"][:n], boxes[kept])
+    np.testing.assert_array_equal(out["detection_classes"][:n], classes[kept])
+
+
 def test_decoders_inside_tf_data_equal_eager(rng):
     boxes, scores, classes = _random_boxes(rng, 40, 2)
     decoder = GreedyMergeDecoder(max_detections=30)
@@ -126,7 +136,7 @@ def test_decoders_inside_tf_data_equal_eager(rng):
 
 @pytest.mark.parametrize(
     "decoder",
-    [GreedyMergeDecoder(0.5, 7, jit_compile=False), NMSDecoder(0.3, 9)],
+    [GreedyMergeDecoder(0.5, 7, jit_compile=False), NMSDecoder(0.3, 9, per_class=False)],
     ids=["merge", "nms"],
 )
 def test_decoder_config_round_trips(decoder):

@@ -459,7 +459,12 @@ def test_bad_options_raise_value_error(bad):
         serving.ExportOptions(**bad)
 
 
-def test_options_round_trip_and_scales_parse():
+def test_options_round_trip_and_scales_parse(exported):
+    # the default feature layer is the release's `-f`: fc7 before its ReLU (19 on fast/tiny)
+    assert serving.feature_target(exported[0], serving.ExportOptions())[0] == "fc7_linear"
+    assert serving.feature_target(exported[0], serving.ExportOptions(feature_layer=19))[0] == (
+        "fc7_linear"
+    )
     options = serving.ExportOptions(scales=(231, (281, 317)), top_k=3, feature_layer=19)
     assert serving.ExportOptions.from_dict(json.loads(options.to_json())) == options
     assert pyramid.parse_scales(["231", "281x317"]) == (231, (281, 317))

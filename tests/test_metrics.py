@@ -380,9 +380,10 @@ def test_localization_gets_its_own_pass_when_top_k_is_not_the_guesses(tiny_detec
     image = tf.constant(render_example(8, min_side=160, max_side=200)["image"], tf.float32)
     options = DetectionOptions(scales=(231,), flips=False, top_k=2, max_boxes=100)
     detector = OverFeatDetector.from_options(tiny_detector, options)
-    out = detection_eval.detect_both(detector, image, options.nms_iou, guesses=5)
+    decoders = detection_eval.default_decoders(options)
+    out = detection_eval.detect_both(detector, image, decoders, guesses=5)
     assert {"merge/boxes", "nms/num", "localize/merge/classes", "localize/nms/num"} <= set(out)
     assert len(set(out["merge/classes"][: int(out["merge/num"])].numpy().tolist())) <= 2
     assert "localize/merge/num" not in detection_eval.detect_both(
-        detector.with_options(top_k=5), image, options.nms_iou, guesses=5
+        detector.with_options(top_k=5), image, decoders, guesses=5
     )

@@ -1,0 +1,195 @@
+"""Benchmark: the prediction decoders on the same dense boxes — the paper's merge against the
+best NMS (its IoU threshold and per-class vs class-agnostic chosen on the validation split),
+and the round-based merge against the sequential one (issues 12 and 13).
+
+For a trained detector (e.g. `benchmarks/bench_detection.py`'s localize model) every image of
+a split runs the pyramid + network once (`detection_eval.detect_both`) and every decoder decodes
+the same dense boxes, so the rows differ only by the decoder:
+
+1. validation split: the merge (both algorithms) and NMS at IoU 0.3, 0.4, 0.5, 0.6, 0.7, per
+   class and class-agnostic; the NMS setting with the best mAP@0.5 (ties: the lower
+   localization error) is the fair baseline;
+2. test split: the merge (both algorithms), the chosen NMS and the usual default NMS (IoU 0.5,
+   per class), mAP@0.5 and ILSVRC localization error (5 guesses).
+
+    python benchmarks/bench_decoders.py --model runs/det/localize/model.keras \\
+        --scales 247,327,439,583,775,1031 [--val-examples 300] [--test-examples N] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import keras
+
+from benchmarks.common import machine, write_section
+from overfeat_tf import decoders as dec
+from overfeat_tf import detection_eval
+from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.models import load_model
+from overfeat_tf.pyramid import parse_scales
+
+NMS_IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SECTION = "Decoders: merge vs the best NMS, round-based vs sequential merge"
+
+
+def merge_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
+    """The merge rows: every algorithm `GreedyMergeDecoder` offers, at the options' t."""
+    d, t = options.max_detections, options.merge_threshold
+    return {
+        f"merge ({algorithm})": dec.GreedyMergeDecoder(t, d, algorithm=algorithm)
+        for algorithm in dec.MERGE_ALGORITHMS
+    }
+
+
+def nms_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
+    d = options.max_detections
+    return {
+        f"NMS IoU {iou} {'per class' if per_class else 'class-agnostic'}": dec.NMSDecoder(
+            iou, d, per_class=per_class
+        )
+        for iou in NMS_IOUS
+        for per_class in (True, False)
+    }
+
+
+def _rows(result: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "decoder": name,
+            "map": result[name]["map"],
+            "localization_error": result[name]["localization_error"],
+            "detections_per_image": result[name]["detections_per_image"],
+        }
+        for name in names
+    ]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model)
+    options = DetectionOptions(scales=args.scales, max_boxes=args.max_boxes)
+    start = time.monotonic()
+    val_decoders = {**merge_decoders(options), **nms_decoders(options)}
+    print("--- validation: every decoder ---", file=sys.stderr, flush=True)
+    val = detection_eval.evaluate_detection(
+        model,
+        args.dataset,
+        args.val_split,
+        args.data_dir,
+        options,
+        max_examples=args.val_examples,
+        progress=True,
+        decoders=val_decoders,
+    )
+    nms_rows = _rows(val, list(nms_decoders(options)))
+    best = max(nms_rows, key=lambda r: (r["map"] or 0.0, -(r["localization_error"] or 100.0)))
+    test_decoders = {
+        **merge_decoders(options),
+        f"best NMS ({best['decoder']})": val_decoders[best["decoder"]],
+        "default NMS (IoU 0.5 per class)": dec.NMSDecoder(0.5, options.max_detections),
+    }
+    print("--- test: merges, best NMS, default NMS ---", file=sys.stderr, flush=True)
+    test = detection_eval.evaluate_detection(
+        model,
+        args.dataset,
+        args.test_split,
+        args.data_dir,
+        options,
+        max_examples=args.test_examples,
+        progress=True,
+        decoders=test_decoders,
+    )
+    return {
+        "model": args.model,
+        "dataset": args.dataset,
+        "options": test["options"],
+        "validation": {
+            "split": args.val_split,
+            "examples": val["examples"],
+            "rows": _rows(val, list(val_decoders)),
+            "best_nms": best["decoder"],
+        },
+        "test": {
+            "split": args.test_split,
+            "examples": test["examples"],
+            "objects": test["objects"],
+            "rows": _rows(test, list(test_decoders)),
+            "seconds_per_image": test["seconds_per_image"],
+        },
+        "seconds": time.monotonic() - start,
+        "machine": machine(),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    def fmt(v: float | None, d: int) -> str:
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    lines = [
+        "| decoder | mAP@0.5 | localization error % | detections / image |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['decoder']} | {fmt(r['map'], 3)} | {fmt(r['localization_error'], 2)} | "
+            f"{r['detections_per_image']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def section(report: dict[str, Any]) -> str:
+    val, test = report["validation"], report["test"]
+    return f"""Machine: {report["machine"]}.
+Command: `python benchmarks/bench_decoders.py --model {report["model"]} --scales
+{",".join(map(str, report["options"]["scales"]))} --write` ({report["seconds"]:.0f} s).
+
+Every decoder decodes the same dense boxes of each image (one pyramid + network run,
+`detection_eval.detect_both`), so the rows differ only by how the boxes of all windows,
+scales and flips become detections. Options: {json.dumps(report["options"])}.
+
+Validation split ({val["examples"]} images of `{val["split"]}`): NMS's IoU threshold and per-class
+vs class-agnostic chosen here, by mAP@0.5 (ties: localization error). Chosen: **{val["best_nms"]}**.
+
+{_table(val["rows"])}
+
+Test split ({test["examples"]} images, {test["objects"]} objects of `{test["split"]}`):
+
+{_table(test["rows"])}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a trained detector (.keras)")
+    p.add_argument("--dataset", default="overfeat_shapes/standard")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--val-split", default="validation")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--val-examples", type=int, default=300)
+    p.add_argument("--test-examples", type=int, default=None, help="default: the whole split")
+    p.add_argument("--scales", type=parse_scales, default=None)
+    p.add_argument("--max-boxes", type=int, default=DetectionOptions().max_boxes)
+    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    report = run(args)
+    print(json.dumps(report))
+    print(section(report), file=sys.stderr)
+    if args.write:
+        write_section(SECTION, section(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

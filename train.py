@@ -8,9 +8,20 @@ Usage:
     # spatial stages, each from the previous stage's model (detection-schema datasets):
     python train.py --model tiny --task detect --init-model runs/tiny/model.keras --output runs/det
     python train.py --model tiny --task localize --init-model runs/det/model.keras --output runs/loc
+    # transfer to another label set (R-CNN: fc8 new, + background; Oquab: adaptation layers):
+    python train.py --model fast --task detect --init-model fast-imagenet.keras --dataset voc/2007
+    python train.py --model fast --init-model fast-imagenet.keras --dataset my_photos \
+        --adaptation-layers 1 --freeze-up-to fc7        # Oquab et al.: train FCa + fc8 only
+
+Transfer: --init-model may have any label set. With the dataset's classes (same names, same
+order) and no transfer flags, every layer is copied (fc8 too); otherwise the layers up to
+--transfer-up-to (default fc7) are copied and fc8 is new for the dataset's classes
+(+ background for detect), after --adaptation-layers new fc layers; a class-specific
+regressor is dropped (localize adds a new one). The copied and new layers are printed.
 
 Defaults are the paper's recipe: SGD momentum 0.6, weight decay 1e-5, batch 128, learning
-rate 5e-2 halved after epochs 30/50/60/70/80, N(0, 1e-2) init, random crops (231 fast,
+rate 5e-2 (localize: 3e-3, with the gradient's global norm clipped to 1; detect: clipped to
+10) halved after epochs 30/50/60/70/80, N(0, 1e-2) init, random crops (231 fast,
 221 accurate) of images rescaled to a 256 px short side, random flips, 90 epochs. The
 default dataset is imagenet2012 for fast and accurate (its ILSVRC2012 tars must be in
 ~/tensorflow_datasets/downloads/manual/) and the generated overfeat_shapes for tiny.
@@ -18,6 +29,8 @@ default dataset is imagenet2012 for fast and accurate (its ILSVRC2012 tars must 
 Outputs in --output (default runs/<model>): model.keras (the spatial OverFeat model),
 checkpoints/epoch_NNN.weights.h5, logs/ (TensorBoard), backup/ (rerun the same command
 after a crash to resume from the last finished epoch), state.json, train_config.json.
+A NaN or infinite loss stops the run (exit status 1, one line naming the last good
+checkpoint, diverged.json): nothing of that epoch is written, model.keras included.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import json
 import sys
 
 from overfeat_tf import training
+from overfeat_tf.losses import BOX_LOSSES
 
 
 def _epochs_list(text: str) -> tuple[int, ...]:
@@ -47,13 +61,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "regressor on the frozen trunk); run them in that order",
     )
     p.add_argument(
-        "--init-model", default=None, help="the .keras model detect / localize start from"
+        "--init-model",
+        default=None,
+        help="the .keras model to start from (required for detect / localize; fine-tunes for "
+        "classify): any label set, e.g. a converted release net",
+    )
+    p.add_argument(
+        "--transfer-up-to",
+        default=None,
+        metavar="LAYER",
+        help="last layer copied from --init-model (conv1.., fc6, fc7, adapt1.., fc8); default: "
+        "fc7 when the label set or adaptation layers change, else every layer",
+    )
+    p.add_argument(
+        "--adaptation-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="new fc layers between fc7 and fc8 (Oquab et al.'s FCa: 1); default: the init "
+        "model's (0 without one)",
+    )
+    p.add_argument(
+        "--adaptation-width",
+        type=int,
+        default=defaults.adaptation_width,
+        help="units of each adaptation layer",
+    )
+    p.add_argument(
+        "--freeze-up-to",
+        default=None,
+        metavar="LAYER",
+        help="do not train the layers up to LAYER (classify, detect); e.g. fc7",
     )
     p.add_argument(
         "--regressor",
         choices=("class_specific", "class_agnostic"),
         default=defaults.regressor,
         help="the box regressor --task localize trains",
+    )
+    p.add_argument(
+        "--box-loss",
+        choices=BOX_LOSSES,
+        default=defaults.box_loss,
+        help="localize loss on the box edges in window units (smooth_l1: bounded gradients; "
+        "l2: the paper's)",
     )
     p.add_argument("--train-size", type=int, default=None, help="detect/localize image side (px)")
     p.add_argument(
@@ -69,7 +120,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: examples // batch")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch")
-    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="initial learning rate; default: "
+        + ", ".join(f"{t} {d['learning_rate']:g}" for t, d in training.TASK_DEFAULTS.items()),
+    )
+    p.add_argument(
+        "--clipnorm",
+        type=float,
+        default=None,
+        help="clip the gradient's global norm (0: off); default: "
+        + ", ".join(f"{t} {d['clipnorm']:g}" for t, d in training.TASK_DEFAULTS.items()),
+    )
     p.add_argument(
         "--lr-decay-epochs",
         type=_epochs_list,
@@ -114,7 +178,12 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         model=args.model,
         task=args.task,
         init_model=args.init_model,
+        transfer_up_to=args.transfer_up_to,
+        adaptation_layers=args.adaptation_layers,
+        adaptation_width=args.adaptation_width,
+        freeze_up_to=args.freeze_up_to,
         regressor=args.regressor,
+        box_loss=args.box_loss,
         train_size=args.train_size,
         dataset=args.dataset,
         split=args.split,
@@ -125,6 +194,7 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         learning_rate=args.lr,
+        clipnorm=args.clipnorm,
         lr_decay_epochs=args.lr_decay_epochs,
         lr_decay_factor=args.lr_decay_factor,
         momentum=args.momentum,
@@ -153,5 +223,7 @@ def main(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except ValueError as error:  # bad flags, missing ImageNet tars, ...: a message, no trace
+    # bad flags, missing ImageNet tars, a diverged run (callbacks.TrainingDiverged), ...:
+    # one line, no trace, exit status 1
+    except ValueError as error:
         sys.exit(f"error: {error}")

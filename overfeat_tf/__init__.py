@@ -4,6 +4,10 @@ detection as a Keras 3 / TensorFlow package.
     image -> pyramid -> trunk -> dense offset pooling -> heads -> boxes -> merge -> outputs
 """
 
+from overfeat_tf.quiet import quiet_start
+
+quiet_start()  # TensorFlow's C++ start-up lines stay hidden; OVERFEAT_TF_VERBOSE=1 shows them
+
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
 from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.detection import DetectionOptions

@@ -2,6 +2,9 @@
 
 `fit_callbacks` assembles them in the order a run needs (see its docstring):
 - `CorruptRecordLogger`: the count of skipped corrupt records in the epoch logs;
+- `StopOnNonFinite` (Keras' `TerminateOnNaN`, raising): a NaN / infinite loss, or
+  non-finite weights at the end of an epoch, stop the run with `TrainingDiverged` before
+  any later callback writes that epoch (so no checkpoint, backup or state of it exists);
 - `keras.callbacks.BackupAndRestore` in `<output>/backup`: weights, optimizer state and
   epoch after every epoch, restored when the same command is rerun after a crash
   (`backed_up_epoch` reads the epoch it will resume from);
@@ -85,6 +88,79 @@ class RunState(keras.callbacks.Callback):
             "logs": {k: float(v) for k, v in (logs or {}).items()},
         }
         atomic.write_json(self.directory / "state.json", state)
+
+
+class TrainingDiverged(ValueError):
+    """A run stopped on a NaN / infinite loss or weights; the message names the last good
+    checkpoint (`StopOnNonFinite`)."""
+
+
+class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """Keras' `TerminateOnNaN`, raising `TrainingDiverged` instead of stopping gracefully.
+
+    A graceful stop (`model.stop_training`) still ends the epoch: `on_epoch_end` of
+    `ModelCheckpoint` and `BackupAndRestore` would then save the diverged weights (the
+    backup becoming the resume point), and `on_train_end` would delete the backup. Raising
+    skips both, so the checkpoints and the backup (the resume point) stay at the last good
+    epoch. Checked: the loss after every step (`logs["loss"]`, the epoch's running mean,
+    non-finite from the first bad step on) and, at the end of every epoch, every weight
+    (the last step's update can make them NaN with a finite loss). Put it before the
+    callbacks that write (`fit_callbacks` does). Writes `<directory>/diverged.json`
+    (epoch, step, loss, last good checkpoint) when it stops a run.
+    """
+
+    def __init__(self, directory: Path, initial_epoch: int, checkpoint_pattern: str) -> None:
+        super().__init__(raise_error=True)
+        self.directory = Path(directory)
+        self.last_good_epoch = initial_epoch
+        self.checkpoint_pattern = checkpoint_pattern
+        self.epoch = initial_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(np.asarray(loss))):
+            self._stop(f"the loss is {float(np.asarray(loss))} after step {batch + 1}", batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        bad = [
+            w.path
+            for w in self.model.weights
+            if not np.isfinite(keras.ops.convert_to_numpy(w)).all()
+        ]
+        if bad:
+            self._stop(f"{len(bad)} weights are NaN or infinite (first: {bad[0]})", None)
+        self.last_good_epoch = epoch + 1
+
+    def last_good_checkpoint(self) -> str | None:
+        """The checkpoint of the last finished, finite epoch (None before the first)."""
+        if self.last_good_epoch < 1:
+            return None
+        return self.checkpoint_pattern.format(epoch=self.last_good_epoch)
+
+    def _stop(self, what: str, batch: int | None) -> None:
+        good = self.last_good_checkpoint()
+        record = {
+            "epoch": self.epoch + 1,
+            "step": None if batch is None else batch + 1,
+            "problem": what,
+            "last_good_epoch": self.last_good_epoch,
+            "last_good_checkpoint": good,
+        }
+        atomic.write_json(self.directory / "diverged.json", record)
+        kept = (
+            f"the last good checkpoint is {good} (epoch {self.last_good_epoch}); rerunning "
+            "the command resumes from it"
+            if good
+            else "no epoch finished, so there is no good checkpoint"
+        )
+        raise TrainingDiverged(
+            f"Training diverged in epoch {self.epoch + 1}: {what}. Nothing of that epoch was "
+            f"saved (no checkpoint, backup or model.keras); {kept}. Lower --lr or "
+            "--clipnorm (see train.py -h)."
+        )
 
 
 class CorruptRecordLogger(keras.callbacks.Callback):
@@ -179,9 +255,10 @@ def fit_callbacks(
 ) -> tuple[list[keras.callbacks.Callback], TimeLimit | None]:
     """The callbacks of a run writing under `output` (creates `<output>/checkpoints`).
 
-    Order matters: the corrupt-record count enters the logs before they are saved; the
-    backup (`<output>/backup`) is restored before `RunState` reads it; state.json is
-    written after the epoch's checkpoint.
+    Order matters: the corrupt-record count enters the logs before they are saved;
+    `StopOnNonFinite` raises before anything writes a diverged epoch; the backup
+    (`<output>/backup`) is restored before `RunState` reads it; state.json is written
+    after the epoch's checkpoint.
 
     Args:
         output: the run's (or this worker's) output directory.
@@ -197,6 +274,7 @@ def fit_callbacks(
     timer = TimeLimit(time_limit) if time_limit else None
     callbacks: list[keras.callbacks.Callback] = [
         CorruptRecordLogger(counter),
+        StopOnNonFinite(output, initial_epoch, checkpoint_pattern),
         keras.callbacks.BackupAndRestore(str(output / BACKUP_DIR), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(checkpoint_pattern, save_weights_only=True),
         tensorboard_callback(output / "logs"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -168,9 +167,12 @@ def progress_bar(dataset: Any, max_examples: int | None, unit: str) -> Any:
 
 
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up messages (CUDA probing, CPU features) unless the user
-    set `TF_CPP_MIN_LOG_LEVEL` (set it to 0 to see them again). Call before importing TF."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Silence TensorFlow's C++ start-up messages (CUDA probing, CPU features, oneDNN):
+    `quiet.quiet_start` (importing `overfeat_tf` already does it; `OVERFEAT_TF_VERBOSE=1`
+    shows them again)."""
+    from overfeat_tf.quiet import quiet_start
+
+    quiet_start()
 
 
 def run(main: Callable[[], Any]) -> None:

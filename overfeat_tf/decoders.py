@@ -22,9 +22,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, greedy_merge
+from overfeat_tf.merge import (
+    DEFAULT_MAX_OUTPUT,
+    MERGE_THRESHOLD,
+    MergeResult,
+    greedy_merge,
+    mutual_merge,
+)
 
 COMBINE = ("merge", "nms")
+# "rounds": all mutual best pairs merge at once, round after round (`merge.mutual_merge`, few
+# dependent loop iterations: GPU- and serving-friendly); "sequential": one merge per step,
+# the paper's wording (`merge.greedy_merge`, the reference).
+MERGE_ALGORITHMS = ("rounds", "sequential")
 
 
 def _check_max_detections(value: Any) -> int:
@@ -57,11 +67,19 @@ class GreedyMergeDecoder(keras.layers.Layer):
     `classes` `[M]` int. Output: the dict of `detections_dict`, each padded to
     `max_detections` rows (`[D, 4]`, `[D]`, `[D]`, `[D]`, and `num_detections` `[]`).
 
+    Two algorithms apply these rules: "rounds" (default, `merge.mutual_merge`): in each round
+    every cluster finds its best partner and all mutual best pairs at <= t merge at once, so
+    the dependent loop iterations are few (tens for thousands of boxes); "sequential"
+    (`merge.greedy_merge`): the single best pair merges per step, the paper's wording (one
+    loop step per merge). Their results agree closely (BENCHMARKS.md, "Decoders"); with
+    "rounds" the output also holds `merge_rounds` (`[]` int32).
+
     Args:
         merge_threshold: `t` of the merge (`merge.MERGE_THRESHOLD`); lower merges less.
         max_detections: D, the merged boxes kept (highest accumulated scores).
-        jit_compile: the merge loop under XLA (None: XLA except while a SavedModel is
-            traced; see `merge.greedy_merge`). Same results either way.
+        algorithm: "rounds" or "sequential" (`MERGE_ALGORITHMS`).
+        jit_compile: compile the merge's kernels with XLA (None: XLA except while a
+            SavedModel is traced; see `merge.greedy_merge`). Same results either way.
 
     Example:
         >>> decoder = GreedyMergeDecoder(merge_threshold=0.5, max_detections=10)
@@ -75,6 +93,7 @@ class GreedyMergeDecoder(keras.layers.Layer):
         self,
         merge_threshold: float = MERGE_THRESHOLD,
         max_detections: int = DEFAULT_MAX_OUTPUT,
+        algorithm: str = "rounds",
         jit_compile: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -82,28 +101,28 @@ class GreedyMergeDecoder(keras.layers.Layer):
         super().__init__(**kwargs)
         if not merge_threshold > 0:
             raise ValueError(f"merge_threshold must be > 0, got {merge_threshold}.")
+        if algorithm not in MERGE_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {MERGE_ALGORITHMS}, got {algorithm!r}.")
         if jit_compile not in (None, True, False):
             raise ValueError(f"jit_compile must be None, True or False, got {jit_compile!r}.")
         self.merge_threshold = float(merge_threshold)
         self.max_detections = _check_max_detections(max_detections)
+        self.algorithm = algorithm
         self.jit_compile = jit_compile
 
     def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
-        result = greedy_merge(
-            boxes,
-            scores,
-            classes,
-            threshold=self.merge_threshold,
-            max_output=self.max_detections,
-            jit_compile=self.jit_compile,
-        )
-        return detections_dict(result)
+        args = (boxes, scores, classes, self.merge_threshold, self.max_detections)
+        if self.algorithm == "sequential":
+            return detections_dict(greedy_merge(*args, jit_compile=self.jit_compile))
+        result, rounds = mutual_merge(*args, jit_compile=self.jit_compile, return_rounds=True)
+        return {**detections_dict(result), "merge_rounds": rounds}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             merge_threshold=self.merge_threshold,
             max_detections=self.max_detections,
+            algorithm=self.algorithm,
             jit_compile=self.jit_compile,
         )
         return config
@@ -205,11 +224,12 @@ def make_decoder(
     merge_threshold: float = MERGE_THRESHOLD,
     nms_iou: float = 0.5,
     max_detections: int = DEFAULT_MAX_OUTPUT,
+    algorithm: str = "rounds",
 ) -> keras.layers.Layer:
-    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder`, "nms" ->
-    `NMSDecoder`."""
+    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder` (its
+    `algorithm`), "nms" -> `NMSDecoder`."""
     if combine == "merge":
-        return GreedyMergeDecoder(merge_threshold, max_detections)
+        return GreedyMergeDecoder(merge_threshold, max_detections, algorithm)
     if combine == "nms":
         return NMSDecoder(nms_iou, max_detections)
     raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")

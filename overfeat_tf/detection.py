@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.cli import option
-from overfeat_tf.decoders import COMBINE
+from overfeat_tf.decoders import COMBINE, MERGE_ALGORITHMS
 from overfeat_tf.inference import LevelOutput, level_probabilities, spatial_max
 from overfeat_tf.layers import STRIDES
 from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD
@@ -47,6 +47,8 @@ class DetectionOptions:
         score_threshold: windows whose class probability is below this predict no box.
         max_boxes: at most this many boxes (the most confident) go into the merge.
         merge_threshold: `t` of the greedy merge (`merge.MERGE_THRESHOLD`).
+        merge_algorithm: "rounds" (mutual best matches merge together, `merge.mutual_merge`)
+            or "sequential" (one merge per step, `merge.greedy_merge`).
         max_detections: merged boxes returned (padded).
         combine: "merge" (the paper's greedy merge, `decoders.GreedyMergeDecoder`) or "nms"
             (per-class NMS at IoU `nms_iou`, `decoders.NMSDecoder`, for comparison).
@@ -65,6 +67,12 @@ class DetectionOptions:
     score_threshold: float = option(0.01, "windows below this class probability predict no box")
     max_boxes: int = option(4000, "boxes into the merge, at most (the most confident)")
     merge_threshold: float = option(MERGE_THRESHOLD, "merge threshold t (lower = fewer merges)")
+    merge_algorithm: str = option(
+        "rounds",
+        "rounds: mutual best pairs merge together, few loop iterations; sequential: one merge "
+        "per step, the paper's wording",
+        choices=MERGE_ALGORITHMS,
+    )
     max_detections: int = option(
         DEFAULT_MAX_OUTPUT, "detections per image (outputs are padded to this)"
     )
@@ -88,6 +96,10 @@ class DetectionOptions:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}.")
         if self.merge_threshold <= 0:
             raise ValueError(f"merge_threshold must be > 0, got {self.merge_threshold}.")
+        if self.merge_algorithm not in MERGE_ALGORITHMS:
+            raise ValueError(
+                f"merge_algorithm must be one of {MERGE_ALGORITHMS}, got {self.merge_algorithm!r}."
+            )
         if self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}.")
         if not 0 < self.nms_iou <= 1:

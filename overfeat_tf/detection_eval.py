@@ -30,7 +30,7 @@ detections alike. Errors are percentages of the labelled images evaluated; APs a
 [0, 1].
 
 Command (prints tables; `--format json` for one JSON object):
-    python -m overfeat_tf.detection_eval --model runs/tiny/localize/model.keras \
+    python -m overfeat_tf.detection_eval --model runs/localize/model.keras \
         --dataset overfeat_shapes/standard --split test [--max-examples N] [--scales 247,327]
 """
 
@@ -63,7 +63,7 @@ def default_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]
     """The two decoders every evaluation compares: "merge" (the paper's) and "nms"."""
     d = options.max_detections
     return {
-        "merge": GreedyMergeDecoder(options.merge_threshold, d),
+        "merge": GreedyMergeDecoder(options.merge_threshold, d, options.merge_algorithm),
         "nms": NMSDecoder(options.nms_iou, d),
     }
 

@@ -149,7 +149,11 @@ class OverFeatDetector(keras.Model):
         """A detector of `model`'s backbone (an `OverFeat` or a detector) with `options`."""
         options = options or DetectionOptions()
         decoder = make_decoder(
-            options.combine, options.merge_threshold, options.nms_iou, options.max_detections
+            options.combine,
+            options.merge_threshold,
+            options.nms_iou,
+            options.max_detections,
+            options.merge_algorithm,
         )
         boxes = {name: getattr(options, name) for name in _BOX_FIELDS}
         return cls(backbone_of(model), decoder, **boxes, **kwargs)
@@ -164,6 +168,7 @@ class OverFeatDetector(keras.Model):
             **{name: getattr(self, name) for name in _BOX_FIELDS},
             combine="merge" if merge else "nms",
             merge_threshold=decoder.merge_threshold if merge else defaults.merge_threshold,
+            merge_algorithm=decoder.algorithm if merge else defaults.merge_algorithm,
             nms_iou=defaults.nms_iou if merge else decoder.iou_threshold,
             max_detections=decoder.max_detections,
         )

@@ -21,7 +21,7 @@ sub-grids at offset (0, 0) (an identity of dense offset pooling, tested in
 i-th of them. Errors are percentages of the images evaluated (top-1, top-5).
 
 Command:
-    python -m overfeat_tf.evaluation --model runs/tiny/model.keras \
+    python -m overfeat_tf.evaluation --model runs/classify/model.keras \
         --dataset overfeat_shapes/standard --split test
 """
 

@@ -3,7 +3,8 @@ compiled model saved by `train.py` loads with `import overfeat_tf`.
 
 Targets are those of `overfeat_tf.spatial_training.spatial_targets`: class targets
 `[B, h, w]` (class, C = background, -1 = ignored) and box targets `[B, h, w, 5]` (4 edges
-in the frame of the cell's window, then the box's class as a float, -1 = no box).
+yxyx in the frame of the cell's window, in window units, then the box's class as a float,
+-1 = no box).
 """
 
 from __future__ import annotations
@@ -78,17 +79,42 @@ def _rank(values: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.argsort(order, axis=1, stable=True), tf.float32)
 
 
+BOX_LOSSES = ("smooth_l1", "l2")
+SMOOTH_L1_BETA = 0.1  # window units: ~23 px of the fast / tiny net's 231 px window
+
+
 @keras.saving.register_keras_serializable(package="overfeat_tf")
 class WindowBoxLoss(keras.losses.Loss):
-    """L2 loss on box edges in the frame of the window that predicts them (paper §4.2).
+    """Box regression loss on box edges in the frame of the window that predicts them
+    (paper §4.2; targets `boxes.encode_boxes`: window units, top-left 0, bottom-right 1).
 
-    y_true: `[B, h, w, 5]` (4 deltas, class as float, -1 = no box); y_pred: `[B, h, w, 4]`
+    y_true: `[B, h, w, 5]` (4 edges, class as float, -1 = no box); y_pred: `[B, h, w, 4]`
     (class-agnostic) or `[B, h, w, 4C]` (class-specific: the target class's 4 numbers).
-    Loss per image = mean over cells with a box of the summed squared error of 4 edges.
+    Loss per image = mean over cells with a box of the sum over the 4 edges of
+
+    - `kind="smooth_l1"` (default): `0.5 e**2 / beta` for `|e| < beta`, else `|e| - beta / 2`
+      (Fast R-CNN's smooth L1 / Huber, e = predicted - true edge in window units). Its
+      gradient is bounded by 1 per edge, so a badly wrong prediction on a real photo cannot
+      blow up the step; `beta` 0.1 window units is roughly Fast R-CNN's 1 on deltas
+      normalized by their ~0.1 standard deviation.
+    - `kind="l2"`: `e**2`, the paper's L2 loss (unbounded gradient: diverges on real photos
+      at the classification learning rates, see `spatial_training`).
     """
 
-    def __init__(self, name: str = "window_box_loss", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kind: str = "smooth_l1",
+        beta: float = SMOOTH_L1_BETA,
+        name: str = "window_box_loss",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
+        if kind not in BOX_LOSSES:
+            raise ValueError(f"box loss kind must be one of {BOX_LOSSES}, got {kind!r}.")
+        if kind == "smooth_l1" and not beta > 0:
+            raise ValueError(f"smooth_l1 needs beta > 0 (window units), got {beta}.")
+        self.kind = kind
+        self.beta = float(beta)
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_pred = tf.cast(y_pred, tf.float32)
@@ -98,6 +124,23 @@ class WindowBoxLoss(keras.losses.Loss):
         pred = tf.reshape(y_pred, [batch, tf.shape(target)[1], -1, 4])  # [B, P, 1|C, 4]
         index = tf.where(tf.shape(pred)[2] > 1, tf.maximum(cls, 0), tf.zeros_like(cls))
         pred = tf.gather(pred, index[..., tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
-        valid = tf.cast(cls >= 0, tf.float32)
-        error = tf.reduce_sum(tf.square(pred - target[..., :4]), axis=-1) * valid
+        valid = cls >= 0
+        # Cells without a box may hold anything: zero their error before the loss.
+        diff = tf.where(valid[..., tf.newaxis], pred - target[..., :4], 0.0)
+        if self.kind == "l2":
+            per_edge = tf.square(diff)
+        else:
+            abs_diff = tf.abs(diff)
+            per_edge = tf.where(
+                abs_diff < self.beta,
+                0.5 * tf.square(abs_diff) / self.beta,
+                abs_diff - 0.5 * self.beta,
+            )
+        valid = tf.cast(valid, tf.float32)
+        error = tf.reduce_sum(per_edge, axis=-1) * valid
         return tf.reduce_sum(error, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"kind": self.kind, "beta": self.beta})
+        return config

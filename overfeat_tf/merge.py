@@ -319,7 +319,9 @@ def mutual_merge(
     their members, scores added) in few dependent loop iterations instead of one per merge:
     in each round every cluster finds its best partner of its class (lowest match_score,
     first by key on ties) and all pairs of mutual best partners at <= threshold merge at
-    once; it stops after a round without merges. Core TF ops only (eager, `tf.function`,
+    once; it stops after a round without merges (boxes with identical coordinates start as
+    one cluster). ~30-60 rounds for 4000-16000 detector boxes (`overfeat_tf.merge_mutual`
+    has the algorithm and the measurements). Core TF ops only (eager, `tf.function`,
     SavedModels; no py_function, no XLA needed). Output as `greedy_merge`'s.
 
     Args:

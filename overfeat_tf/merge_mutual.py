@@ -2,52 +2,61 @@
 
 `overfeat_tf.merge.mutual_merge` runs `mutual_merge_graph` on checked inputs. Same rules as
 the sequential greedy merge (`overfeat_tf.merge_greedy`): boxes of different classes never
-merge, a cluster's box is the mean of its members' boxes (yxyx, the units of the input), its
-score the sum of its members' scores, pairs are compared by `match_score` of the cluster
-boxes. What differs is the order of the merges:
+merge, a cluster's box is the mean of its members' boxes (the count-weighted average of two
+merged clusters; yxyx, the units of the input), its score the sum of its members' scores,
+and clusters are compared by `match_score` of their boxes. What differs is the order of the
+merges: many at once per round instead of one per loop step.
 
-    clusters = one per input box; within a class, in input order
+Algorithm (per class; a cluster's key is its smallest member's input index):
+
+    clusters = the boxes, where boxes with identical coordinates form one cluster
     repeat (a round):
-        for every cluster p: best(p) = the cluster q != p of p's class with the lowest
-            match_score(p, q), the first (smallest key) among equal scores, like
-            `merge_score.first_argmin`; low(p) = that score (inf if p is alone in its class)
-        every pair p < q with best(p) = q, best(q) = p and low(p) <= t merges into p
-            (all such pairs at once: they are disjoint, since best() is a function)
-        stop when no pair merged in the round
-    key of a cluster = its smallest member's input index (p's, kept by the merged cluster)
+        for every cluster p: best(p) = the other cluster q of p's class with the lowest
+            match_score(p, q), the smallest key among equal scores (as
+            `merge_score.first_argmin`); low(p) = that score (inf if p is alone)
+        every pair p, q with best(p) = q, best(q) = p and low(p) <= t merges (all such
+            pairs at once: they are disjoint); the merged cluster keeps the smaller key
+    until a round merges nothing
 
-The lexicographically lowest pair (lowest score, then smallest keys) is always mutual, so a
-round merges at least one pair while some pair of a class scores <= t: the loop ends, with no
-pair of mutual best matches left at <= t (pairs at <= t may remain when they are not mutual
-best matches: a merged box moved away, see `overfeat_tf.merge` for the comparison with the
-greedy order). Output order: accumulated score descending, ties by key ascending (the
-cluster holding the earliest input box first), as the greedy merge.
+- Termination: the lowest-scoring pair of a class (smallest keys on ties) is always a mutual
+  pair, so a round merges at least one pair while some pair of a class scores <= t; at the
+  end no pair scores <= t. The greedy merge would merge that same pair first; the other
+  pairs of a round are disjoint mutual best matches, which the greedy merge also merges
+  unless a merge before them makes another cluster a better match for one of them. On
+  detector-like sets the two agree closely (tests/test_merge_mutual.py).
+- Identical boxes start as one cluster: they score 0 (the lowest score, merged first in any
+  order), and in rounds k copies would take k - 1 rounds (on ties every copy's best partner
+  is the same first copy). Boxes clipped to the image border are often exact copies.
+- Output order: accumulated score descending, ties by key ascending (the cluster holding the
+  earliest input box first), as the greedy merge.
 
-Rounds: each round is one iteration of a `tf.while_loop` (dependent: the next round needs
-this round's clusters); all classes run in the same rounds, so the rounds of an image are
-those of its slowest class. `rounds` (returned on request) counts the rounds in which some
-pair merged; the loop runs rounds + 1 iterations (the last finds no pair), or `rounds` if
-fewer than 2 clusters are left. On detector-like box sets the count grows slowly with n
-(tests/test_merge_mutual.py: ~30-45 for 3150-4000 boxes).
+Rounds (dependent loop iterations): each round is one iteration of a `tf.while_loop`, the
+next round needing this round's clusters; all classes run in the same rounds, so an image
+takes as many rounds as its slowest class. `rounds` (returned on request) counts the rounds
+that merged something; the loop runs `rounds + 1` iterations (the last one finds nothing to
+merge), or `rounds` if fewer than 2 clusters are left. Worst case: n - 1 rounds for a class
+of n boxes (a cluster that is the best partner of many absorbs one per round); measured on
+detector-like sets (dense windows: hundreds of jittered boxes per object, false positives),
+30-40 rounds for 3150-4000 boxes and 38 for 15750, ~50 for 4000 boxes of one object larger
+than the image (clipped), growing ~4 rounds per doubling of n.
 
-A round, vectorized over all clusters (core TF ops; plain TF or one XLA kernel per block):
-the clusters are held sorted by (class, key), packed (merged-away clusters removed at the
-end of every round, so later rounds score fewer clusters). Each cluster's best partner comes
-from blocks of rows: block [s, s + r) is scored against the window [s, s + w) of later
-clusters (w >= r + the largest class, so the window holds every later cluster of the rows'
-classes), masked to later clusters of the same class; the block's row minima give each row
-its best LATER partner, its column minima (accumulated over the blocks in row order, keeping
-the first on ties) each column its best EARLIER partner, and best(p) is the better of the
-two (the earlier one on ties: smaller key). So every pair is scored once per round, in
-blocks of at most `_BLOCK_SCORES` scores (memory O(n + _BLOCK_SCORES), never n x n); per
-round, about sum over classes of m_c^2 / 2 scores for m_c clusters of class c.
+A round, vectorized over all clusters (core TF ops): the clusters are kept sorted by (class,
+key) and packed (the merged-away ones dropped at the end of every round, so later rounds
+score fewer clusters). Best partners come from blocks of rows: from position s, the whole
+classes that fit in r rows, or r rows of one class; a block is scored against the window
+from s to the class end of its last row, masked to (row k, column l) with k < l of the same
+class. Its row minima give each row its best LATER partner, its column minima (accumulated
+over the blocks in row order, the first row kept on ties) each column its best EARLIER one,
+and best(p) is the better of the two (the earlier on ties: smaller key). So each pair is
+scored once per round, in blocks of at most `_BLOCK_SCORES` scores (memory O(n +
+_BLOCK_SCORES), never n x n), about sum over classes of m_c^2 / 2 scores a round for m_c
+clusters of class c, plus r^2 / 2 per block below its diagonal.
 
-Two ways to run a block, same arithmetic (results bitwise equal in tests):
-- plain TF (`xla=False`, SavedModels, TF Serving): exact block widths (w clipped at the
-  last cluster), each op a kernel.
-- XLA (`xla=True`): each block is one XLA-compiled call of static shape (w a power of two
-  >= 2 x the largest class, r = min(w / 2, _BLOCK_SCORES / w)): one compile per width met,
-  once per process and dtype (a few for an image, as the classes shrink).
+Two ways to run a block, same arithmetic (results bitwise equal in the tests):
+- plain TF (`xla=False`; SavedModels, TF Serving): exact windows, each op a kernel.
+- XLA (`xla=True`): each block is one XLA-compiled kernel of static shape: `_ROWS` rows, a
+  window rounded up to a power of two >= `_MIN_WIDTH` (one compile per width met, at most
+  ~10, once per process and dtype; ~1.5x the scores of plain TF, fused).
 """
 
 from __future__ import annotations
@@ -64,9 +73,11 @@ __all__ = ["mutual_merge_graph"]
 # temporaries per score without XLA: ~60 MB in float32), not O(n^2).
 _BLOCK_SCORES = 1 << 19
 
-# Under XLA a block is one fused kernel (no temporaries per score), so blocks can be larger;
-# window widths are powers of two >= _MIN_WIDTH (few shapes compile).
-_XLA_BLOCK_SCORES = 1 << 21
+# Rows per block (at most): each block also scores the r^2 / 2 pairs below its diagonal for
+# nothing, and costs ~50 ops whatever its size. Under XLA a block is one fused kernel of
+# static shape: _ROWS rows, a window of a power of two >= _MIN_WIDTH columns (so few shapes
+# compile: one per width met, <= 10).
+_ROWS = 256
 _MIN_WIDTH = 64
 
 
@@ -120,27 +131,36 @@ def _next_power_of_two(x: tf.Tensor) -> tf.Tensor:
 
 
 def _block_shape(m: tf.Tensor, widest: tf.Tensor, xla: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """(rows r, window w) of the blocks for m clusters whose largest class has `widest`.
+    """(rows r, the widest window w) of the blocks for m clusters whose largest class has
+    `widest`. A block of r rows needs a window of at most r + widest - 1 columns (every
+    later cluster of its rows' classes).
 
-    A block of r rows needs a window of at most r + widest - 1 columns (every later cluster
-    of its rows' classes). Plain TF: the largest r with r * (r + widest) <= _BLOCK_SCORES
-    (at most m); the window of each block is then cut exactly at its last row's class end.
-    XLA (static shapes, a function of w only): w = the next power of two >= max(8 / 7 *
-    widest + 1, _MIN_WIDTH), r = min(w / 8, _XLA_BLOCK_SCORES / w) (so r + widest <= w).
+    Plain TF: the largest r <= _ROWS with r * (r + widest) <= _BLOCK_SCORES (at most m).
+    XLA: r = _ROWS, so that a block's shape depends on its window only.
     """
     if xla:
-        w = _next_power_of_two(tf.maximum((8 * widest + 6) // 7 + 1, _MIN_WIDTH))
-        return tf.clip_by_value(tf.minimum(w // 8, _XLA_BLOCK_SCORES // w), 1, w), w
+        return tf.constant(_ROWS), _window(_ROWS + widest, xla)
     c = tf.cast(widest, tf.float64)
     r = tf.cast(tf.sqrt(_BLOCK_SCORES + c * c / 4) - c / 2, tf.int32)
-    r = tf.clip_by_value(r, 1, tf.maximum(m, 1))
+    r = tf.clip_by_value(r, 1, tf.minimum(tf.maximum(m, 1), _ROWS))
     return r, r + widest
+
+
+def _window(width: tf.Tensor, xla: bool) -> tf.Tensor:
+    """The window scored for `width` needed columns: exact, or under XLA the next power of
+    two >= max(width, _MIN_WIDTH) (static shapes, few of them)."""
+    return _next_power_of_two(tf.maximum(width, _MIN_WIDTH)) if xla else width
 
 
 def _best_partners(
     derived: tf.Tensor, class_end: tf.Tensor, widest: tf.Tensor, xla: bool
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Every cluster's best partner among the clusters of its class (see the module doc).
+
+    Blocks: from position s, the whole classes that fit in r rows, or r rows of one class if
+    its remaining clusters do not fit; the window runs from s to the class end of the
+    block's last row (rows of a small class only score the few columns of the small
+    classes after it in the block, never those of a large class).
 
     Args:
         derived: [7, m] `derive`d boxes of the clusters, sorted by (class, key).
@@ -154,52 +174,51 @@ def _best_partners(
     dtype = derived.dtype
     m = tf.shape(class_end, out_type=tf.int32)[0]
     r, w = _block_shape(m, widest, xla)
-    num_blocks = (m + r - 1) // r
-    total = num_blocks * r + w
+    total = m + r + w
     derived = tf.pad(derived, [[0, 0], [0, total - m]])
-    # Padding rows p: end p + 1, so that no column is a later one of their class.
-    class_end = tf.concat([class_end, tf.range(m, total) + 1], 0)
+    # Rows outside the block (padding included) get end = position + 1: no later column.
+    class_end_p = tf.concat([class_end, tf.range(m, total) + 1], 0)
     score_block = _xla_score_block if xla else _score_block
+    inf = tf.fill([total], tf.constant(np.inf, dtype))
 
-    def body(b, row_low, row_arg, col_low, col_arg):
-        s = b * r
-        # The window: up to the class end of the block's last row (XLA: w columns).
-        width = w if xla else class_end[tf.minimum(s + r, m) - 1] - s
+    def body(s, blocks, row_low, row_arg, col_low, col_arg):
+        # Positions whose class ends by s + r: a prefix, ending at a class end.
+        fits = tf.searchsorted(class_end, tf.reshape(s + r, [1]), side="right")[0]
+        e = tf.where(fits > s, fits, tf.minimum(s + r, m))  # the block's rows: [s, e)
+        width = _window(class_end[e - 1] - s, xla)
+        rows = s + tf.range(r)
         window = s + tf.range(width)
+        row_end = tf.where(rows < e, tf.slice(class_end_p, [s], [r]), rows + 1)
         low_r, arg_r, low_c, arg_c = score_block(
             tf.slice(derived, tf.stack([0, s]), tf.stack([7, r])),
             tf.slice(derived, tf.stack([0, s]), tf.stack([7, width])),
-            s + tf.range(r),
+            rows,
             window,
-            tf.slice(class_end, [s], [r]),
+            row_end,
         )
-        # Earlier blocks hold smaller rows: keep their entry on ties (first row index).
+        # Rows [e, s + r) are written inf here and rewritten by their own block later.
+        # Earlier blocks hold smaller rows: keep their column entry on ties (first row).
         old_low, old_arg = tf.slice(col_low, [s], [width]), tf.slice(col_arg, [s], [width])
         better = low_c < old_low
         at = window[:, tf.newaxis]
         return (
-            b + 1,
-            row_low.write(b, low_r),
-            row_arg.write(b, arg_r),
+            e,
+            blocks + 1,
+            tf.tensor_scatter_nd_update(row_low, rows[:, tf.newaxis], low_r),
+            tf.tensor_scatter_nd_update(row_arg, rows[:, tf.newaxis], arg_r),
             tf.tensor_scatter_nd_update(col_low, at, tf.where(better, low_c, old_low)),
             tf.tensor_scatter_nd_update(col_arg, at, tf.where(better, arg_c, old_arg)),
         )
 
-    _, row_low, row_arg, col_low, col_arg = tf.while_loop(
-        lambda b, *_: b < num_blocks,
+    zeros = tf.zeros([total], tf.int32)
+    _, blocks, row_low, row_arg, col_low, col_arg = tf.while_loop(
+        lambda s, *_: s < m,
         body,
-        (
-            tf.constant(0, tf.int32),
-            tf.TensorArray(dtype, size=num_blocks, element_shape=[None]),
-            tf.TensorArray(tf.int32, size=num_blocks, element_shape=[None]),
-            tf.fill([total], tf.constant(np.inf, dtype)),
-            tf.zeros([total], tf.int32),
-        ),
+        (tf.constant(0, tf.int32), tf.constant(0, tf.int32), inf, zeros, inf, zeros),
     )
-    row_low, row_arg = row_low.concat()[:m], row_arg.concat()[:m]
-    col_low, col_arg = col_low[:m], col_arg[:m]
+    row_low, row_arg, col_low, col_arg = (x[:m] for x in (row_low, row_arg, col_low, col_arg))
     earlier = col_low <= row_low  # an earlier partner has the smaller position: first on ties
-    return tf.where(earlier, col_low, row_low), tf.where(earlier, col_arg, row_arg), num_blocks
+    return tf.where(earlier, col_low, row_low), tf.where(earlier, col_arg, row_arg), blocks
 
 
 def _class_ranges(cls: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -3,6 +3,8 @@
 Written from the definitions in the docstring of `overfeat_tf.merge` (match_score, the
 greedy loop, tie and output order), independently of the TF implementation: float64, the
 cluster means recomputed from their members, O(n^3) per class. Boxes are yxyx, any units.
+Also the reference of the mutual-best-match merge (`mutual_merge_numpy`, see
+`overfeat_tf.merge_mutual`), written from its definition the same way.
 """
 
 from __future__ import annotations
@@ -94,11 +96,11 @@ def mutual_merge_numpy(
     """Plain reference of the mutual-best-match merge (`overfeat_tf.merge_mutual`; float64).
 
     Per class: boxes with identical coordinates start as one cluster; then, in rounds,
-    every cluster's best partner is the other cluster of its class
-    with the lowest match_score of the cluster means (first in key order on ties, a key
-    being the smallest member's input index); every pair of clusters that are each other's
-    best partner at a score <= threshold merges (all such pairs in the same round), the
-    merged cluster keeping the smaller key; stop after a round without merges.
+    every cluster's best partner is the other cluster of its class with the lowest
+    match_score of the cluster means (first in key order on ties, a key being the smallest
+    member's input index); every pair of clusters that are each other's best partner at a
+    score <= threshold merges (all such pairs in the same round), the merged cluster
+    keeping the smaller key; stop after a round without merges. O(n^2) per round.
 
     Args:
         boxes: [N, 4] yxyx. scores: [N]. classes: [N] integer.

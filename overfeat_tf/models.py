@@ -6,6 +6,7 @@
       -> unpooled last map [B, Hu, Wu, 1024]
       -> DenseOffsetPooling (k*k offsets into the batch: fine; offset 0: coarse)
       -> classifier fc6 (KxK conv) -> fc7 (1x1) -> fc8 (1x1)     (dropout 0.5 after fc6, fc7)
+         [with `adaptation=(w1, ..., wn)`: fc7 -> adapt1 .. adaptn (1x1, ReLU, dropout) -> fc8]
       -> [regressor reg_fc1 (KxK) -> reg_fc2 (1x1) -> reg_out (1x1)]   (paper §4.2)
       -> OffsetInterleave -> class_logits [B, H', W', C] (and box_deltas [B, H', W', 4|4C])
 
@@ -28,6 +29,7 @@ from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ConvSpec, ModelConfig, get
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 
 REGRESSORS = (None, "class_agnostic", "class_specific")
+ADAPTATION_PREFIX = "adapt"  # adaptation layers adapt1, adapt2, ... between fc7 and fc8
 # Paper §3.1: weights initialised from N(0, 1e-2).
 PAPER_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.01}}
 
@@ -37,14 +39,21 @@ def _same_padding(spec: ConvSpec) -> bool:
     return spec.stride == 1 and spec.padding > 0 and 2 * spec.padding == spec.kernel - 1
 
 
+def adaptation_names(count: int) -> list[str]:
+    """The names of `count` adaptation layers, in order: `adapt1`, `adapt2`, ..."""
+    return [f"{ADAPTATION_PREFIX}{i}" for i in range(1, count + 1)]
+
+
 def _make_layers(
     config: ModelConfig,
     regressor: str | None,
     background: bool,
     initializer: str | dict,
     dtype: Any,
+    adaptation: tuple[int, ...] = (),
 ) -> dict[str, keras.layers.Layer]:
-    """Create every weighted layer once, keyed by its paper name."""
+    """Create every weighted layer once, keyed by its paper name (adaptation layers:
+    `adaptation_names`)."""
     common = {"kernel_initializer": initializer, "dtype": dtype}
     layers: dict[str, keras.layers.Layer] = {
         "normalize": keras.layers.Rescaling(
@@ -74,6 +83,9 @@ def _make_layers(
     layers["fc6_dropout"] = keras.layers.Dropout(config.dropout, name="fc6_dropout")
     layers["fc7"] = MatmulConv2D(config.fc7_filters, 1, activation="relu", name="fc7", **common)
     layers["fc7_dropout"] = keras.layers.Dropout(config.dropout, name="fc7_dropout")
+    for name, width in zip(adaptation_names(len(adaptation)), adaptation, strict=True):
+        layers[name] = MatmulConv2D(width, 1, activation="relu", name=name, **common)
+        layers[f"{name}_dropout"] = keras.layers.Dropout(config.dropout, name=f"{name}_dropout")
     outputs = config.num_classes + int(background)
     layers["fc8"] = MatmulConv2D(outputs, 1, name="fc8", **common)
     if regressor is not None:
@@ -97,9 +109,11 @@ def apply_trunk(get: Callable[[str], keras.layers.Layer], image: Any, config: Mo
     return x
 
 
-def _classifier(get: Callable[[str], keras.layers.Layer], pooled: Any) -> Any:
+def _classifier(get: Callable[[str], keras.layers.Layer], pooled: Any, adaptation: int = 0) -> Any:
     x = get("fc6_dropout")(get("fc6")(pooled))
     x = get("fc7_dropout")(get("fc7")(x))
+    for name in adaptation_names(adaptation):
+        x = get(f"{name}_dropout")(get(name)(x))
     return get("fc8")(x)
 
 
@@ -113,6 +127,7 @@ def _spatial_outputs(
     config: ModelConfig,
     stride: str,
     regressor: str | None,
+    adaptation: int = 0,
 ) -> dict[str, Any]:
     """The spatial graph: image -> {"class_logits": [B,H',W',C], "box_deltas": [...]}."""
     unpooled = apply_trunk(get, image, config)
@@ -121,7 +136,7 @@ def _spatial_outputs(
         unpooled
     )
     interleave = OffsetInterleave(k, stride, name=f"interleave_{stride}")
-    logits = interleave([_classifier(get, pooled), unpooled])
+    logits = interleave([_classifier(get, pooled, adaptation), unpooled])
     outputs = {
         "class_logits": keras.layers.Activation("linear", dtype="float32", name="class_logits")(
             logits
@@ -166,6 +181,10 @@ class OverFeat(keras.Model):
             default.
         dtype: Keras dtype policy for every layer, e.g. "mixed_bfloat16" (outputs stay
             float32).
+        adaptation: widths of extra classifier layers between fc7 and fc8 (1x1 convs with
+            ReLU and the model's dropout, named `adapt1`, `adapt2`, ...): Oquab et al.'s
+            adaptation layers for transfer (CVPR 2014: fc7 -> FCa (2048) -> FCb = fc8 is
+            `adaptation=(2048,)`). Empty (the default): the paper's classifier.
     """
 
     def __init__(
@@ -178,9 +197,13 @@ class OverFeat(keras.Model):
         background: bool = False,
         kernel_initializer: str | dict = PAPER_INITIALIZER,
         dtype: Any = None,
+        adaptation: tuple[int, ...] | list[int] = (),
         **kwargs: Any,
     ) -> None:
         config = get_config(architecture)
+        adaptation = tuple(int(w) for w in adaptation)
+        if any(w < 1 for w in adaptation):
+            raise ValueError(f"adaptation layer widths must be >= 1, got {list(adaptation)}.")
         if class_names is not None:
             class_names = [str(n) for n in class_names]
             if num_classes is not None and num_classes != len(class_names):
@@ -195,9 +218,13 @@ class OverFeat(keras.Model):
             raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
         if regressor not in REGRESSORS:
             raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}.")
-        layers = _make_layers(config, regressor, bool(background), kernel_initializer, dtype)
+        layers = _make_layers(
+            config, regressor, bool(background), kernel_initializer, dtype, adaptation
+        )
         image = keras.Input(shape=(None, None, 3), name="image")
-        outputs = _spatial_outputs(layers.__getitem__, image, config, stride, regressor)
+        outputs = _spatial_outputs(
+            layers.__getitem__, image, config, stride, regressor, len(adaptation)
+        )
         kwargs.setdefault("name", f"overfeat_{config.name}")
         super().__init__(inputs=image, outputs=outputs, **kwargs)
         self.config = config
@@ -207,6 +234,7 @@ class OverFeat(keras.Model):
         self.background = bool(background)
         self.kernel_initializer = kernel_initializer
         self.layer_dtype = dtype
+        self.adaptation = adaptation
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -220,6 +248,7 @@ class OverFeat(keras.Model):
             "background": self.background,
             "kernel_initializer": self.kernel_initializer,
             "dtype": self.layer_dtype,
+            "adaptation": list(self.adaptation),
         }
 
     @classmethod
@@ -238,7 +267,9 @@ class OverFeat(keras.Model):
         if stride == self.stride:
             return self
         image = keras.Input(shape=(None, None, 3), name="image")
-        outputs = _spatial_outputs(self.get_layer, image, self.config, stride, self.regressor)
+        outputs = _spatial_outputs(
+            self.get_layer, image, self.config, stride, self.regressor, len(self.adaptation)
+        )
         return keras.Model(image, outputs, name=f"{self.name}_{stride}")
 
     def crop_model(self, crop_size: int | None = None) -> keras.Model:
@@ -258,7 +289,8 @@ class OverFeat(keras.Model):
         k = self.config.pool_size
         pooled = keras.layers.MaxPooling2D(k, name=f"pool{len(self.config.convs)}")(unpooled)
         width = self.num_classes + int(self.background)
-        logits = keras.layers.Reshape((width,))(_classifier(self.get_layer, pooled))
+        classifier = _classifier(self.get_layer, pooled, len(self.adaptation))
+        logits = keras.layers.Reshape((width,))(classifier)
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         return keras.Model(image, logits, name=f"{self.name}_crop")
 

@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.atomic import atomic_path
@@ -449,6 +450,7 @@ def plot_training_curves(
                 ax.set_yscale("log")
             ax.set_title(f"{label}: {name.replace('_', ' ')}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

@@ -55,12 +55,22 @@ def find_export(path: str | Path) -> Path | None:
 
 class Predictor:
     """One image -> the detector's outputs for it (normalized yxyx boxes, see `detector`),
-    from a `.keras` model or a SavedModel export; `class_names` for the top-5 ids."""
+    from a `.keras` model or a SavedModel export.
 
-    def __init__(self, run: RunFn, class_names: list[str], description: str) -> None:
+    Attributes:
+        class_names: the model's classes (names of the top-5 ids).
+        description: what was loaded (the path, or the export's version directory).
+        options: the detection options in use (`DetectionOptions.to_dict()`; an export's as
+            stored in its metadata, scales resolved).
+    """
+
+    def __init__(
+        self, run: RunFn, class_names: list[str], description: str, options: dict[str, Any]
+    ) -> None:
         self.run = run
         self.class_names = class_names
         self.description = description
+        self.options = options
 
     def __call__(self, image: tf.Tensor) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.run(image).items()}
@@ -69,20 +79,21 @@ class Predictor:
     def from_keras(cls, path: str, options: dict[str, Any]) -> Predictor:
         """A `.keras` network or detector; `options` (DetectionOptions fields) override a
         detector's own options (a network gets the defaults)."""
-        from overfeat_tf.detector import OverFeatDetector, class_names
+        from overfeat_tf.detector import as_detector, class_names
         from overfeat_tf.models import load_model
 
-        model = load_model(path)
-        if isinstance(model, OverFeatDetector):
-            detector = model.with_options(**options)
-        else:
-            detector = OverFeatDetector.from_options(model, DetectionOptions(**options))
+        detector = as_detector(load_model(path), **options)
         detect = tf.function(
             detector.detect_image,
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
             reduce_retracing=True,
         )
-        return cls(lambda image: detect(tf.cast(image, tf.float32)), class_names(detector), path)
+        return cls(
+            lambda image: detect(tf.cast(image, tf.float32)),
+            class_names(detector),
+            path,
+            detector.options.to_dict(),
+        )
 
     @classmethod
     def from_export(cls, version_dir: Path) -> Predictor:
@@ -102,7 +113,7 @@ class Predictor:
             out = signature(images=tf.cast(image, tf.uint8)[tf.newaxis])
             return {k: v[0] for k, v in out.items()}
 
-        return cls(run, list(metadata["class_names"]), str(version_dir))
+        return cls(run, list(metadata["class_names"]), str(version_dir), metadata["options"])
 
 
 def load_predictor(path: str, options: dict[str, Any]) -> Predictor:
@@ -291,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  python -m overfeat_tf.predict --write-samples samples\n"
-            "  python -m overfeat_tf.predict samples --model runs/tiny/localize/model.keras\n"
+            "  python -m overfeat_tf.predict samples --model runs/localize/model.keras\n"
             "  python -m overfeat_tf.predict photo.jpg --model serving/overfeat --format json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -154,7 +154,7 @@ class ExportOptions(DetectionOptions):
         """The defaults for `model`: a detector's own options (else the class defaults),
         with `changes` applied."""
         base = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
-        return cls(**dataclasses.asdict(base), **changes)
+        return cls(**{**dataclasses.asdict(base), **changes})
 
     def detection_options(self) -> DetectionOptions:
         """The `DetectionOptions` of the detection signatures."""

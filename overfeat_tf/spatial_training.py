@@ -10,7 +10,8 @@ sees (`boxes.window_boxes`):
 
 - box target (localization): cells with a box of coverage >= 0.5 ("windows whose field of
   view holds less than 50% of the box are not trained on"), regressing the box of highest
-  IoU among those, as its edges in the window's frame (`boxes.encode_boxes`); L2 loss on
+  IoU among those, as its edges in the window's frame (`boxes.encode_boxes`); the loss
+  (`losses.WindowBoxLoss`: smooth L1 by default, the paper's L2 with `box_loss="l2"`) is on
   the 4 numbers of that box's class (class-specific) or the single 4 (class-agnostic).
 - class target (detection): the class of the box of highest IoU among those with
   coverage >= 0.5 and fill >= `min_fill` (the object is mostly inside and not tiny in the
@@ -19,6 +20,19 @@ sees (`boxes.window_boxes`):
   on the fly in every image (paper §5): all positives, plus `negative_ratio` negatives per
   positive (at least `min_negatives`), half of them the most offending (highest non-
   background probability), the rest at random.
+
+Box parametrization: the targets are the box's yxyx edges in units of the window side,
+relative to the window's top-left corner (`(box - [wy0, wx0, wy0, wx0]) / crop_size`; the
+window itself is `[0, 0, 1, 1]`). They do not depend on the image or window size in pixels
+(a box twice the size in a window twice the size has the same target) and they are bounded
+by the coverage rule, whatever the box's size: coverage >= 0.5 needs at least half of the
+box's height inside the window along y (and half its width along x), so the box is at most
+2 windows tall (wide), reaches at most 1 window past the window's edge, and overlaps it:
+ymin, xmin in [-1, 1) and ymax, xmax in (0, 2]. Boxes much larger than the window (a photo-
+filling object at a large scale) are never regressed by that window; smaller scales of
+the same image train them. A fresh regressor starts by predicting its own window (`reg_out`
+bias `[0, 0, 1, 1]` per class, kernel N(0, 1e-3)): the first loss is the target's distance
+from the window, not a random output's, so the first steps on real photos stay small.
 
 Task order that keeps every head consistent with the trunk it reads:
 classify (`training.py`) -> detect (fine-tunes trunk and classifier with the background
@@ -41,6 +55,8 @@ from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.models import OverFeat
 
 TASKS = ("localize", "detect")
+TARGET_RANGE = (-1.0, 2.0)  # every box-target edge lies in this range (module docstring)
+REG_OUT_STDDEV = 1e-3  # a fresh regressor's last layer: N(0, 1e-3) kernel, window bias
 COVERAGE = 0.5  # paper §4.2: train on windows holding >= 50% of the box
 _NO_BOX = -1  # box_class target of cells with no box to regress
 _IGNORE = -1  # class target of cells left out of the detection loss
@@ -77,8 +93,9 @@ def spatial_targets(
 
     Returns:
         class_target int32 `[h, w]` (class, C = background, -1 = ignored) and
-        box_target float32 `[h, w, 5]`: 4 deltas (window frame) and the box's class as a
-        float (-1 where there is no box to regress). h = w = `config.output_size(size)`.
+        box_target float32 `[h, w, 5]`: 4 edges yxyx in window units (window frame, each in
+        `TARGET_RANGE`; see the module docstring) and the box's class as a float (-1 where
+        there is no box to regress). h = w = `config.output_size(size)`.
     """
     out = config.output_size(size, "fine")
     windows = tf.reshape(
@@ -214,14 +231,20 @@ def spatial_dataset(
 
 # --- models ---------------------------------------------------------------------------------
 def task_model(
-    task: str, model: OverFeat, regressor: str = "class_specific", dtype: Any = None
+    task: str,
+    model: OverFeat,
+    regressor: str = "class_specific",
+    dtype: Any = None,
+    kernel_initializer: str | dict | None = None,
 ) -> OverFeat:
     """The model a spatial task trains, from a trained one (weights copied by layer name).
 
     detect: adds the background class (fc8 gets one more output: the object classes'
     weights are kept, background starts at zero) and keeps any regressor; the regressor is
     frozen, everything else trains. localize: adds a regressor (`regressor` kind) if the
-    model has none; only the regressor trains.
+    model has none, initialized by `kernel_initializer` (default: the model's) with its
+    last layer predicting the window (`init_window_regressor`); only the regressor trains.
+    The model's adaptation layers (`OverFeat(adaptation=...)`) are kept.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -233,8 +256,9 @@ def task_model(
         stride="fine",
         regressor=kind,
         background=background,
-        kernel_initializer=model.kernel_initializer,
+        kernel_initializer=kernel_initializer or model.kernel_initializer,
         dtype=dtype,
+        adaptation=model.adaptation,
     )
     for layer in model.layers:
         if not layer.weights:
@@ -248,18 +272,33 @@ def task_model(
                 np.concatenate([bias, np.zeros_like(bias[:1])]),
             ]
         target.set_weights(values)
+    if kind and not model.regressor:
+        init_window_regressor(new)
     for layer in new.layers:
         regression = layer.name.startswith("reg_")
         layer.trainable = regression if task == "localize" else not regression
     return new
 
 
-def task_losses(task: str, model: OverFeat, **mining: Any) -> dict[str, keras.losses.Loss | None]:
-    """The `compile` losses of a task, one per output of `model` (None: not trained)."""
+def init_window_regressor(model: OverFeat, seed: int | None = None) -> None:
+    """Make `model`'s regressor predict (about) its own window for every class: `reg_out`
+    kernel N(0, `REG_OUT_STDDEV`), bias `[0, 0, 1, 1]` (yxyx window units) per box."""
+    layer = model.get_layer("reg_out")
+    kernel = layer.kernel
+    kernel.assign(keras.random.normal(kernel.shape, stddev=REG_OUT_STDDEV, seed=seed))
+    boxes = layer.bias.shape[0] // 4
+    layer.bias.assign(np.tile(np.array([0.0, 0.0, 1.0, 1.0], "float32"), boxes))
+
+
+def task_losses(
+    task: str, model: OverFeat, box_loss: str = "smooth_l1", **mining: Any
+) -> dict[str, keras.losses.Loss | None]:
+    """The `compile` losses of a task, one per output of `model` (None: not trained);
+    `box_loss` is the `WindowBoxLoss` kind of "localize" ("smooth_l1" or "l2")."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
     losses = {
         "class_logits": MinedDetectionLoss(**mining) if task == "detect" else None,
-        "box_deltas": WindowBoxLoss() if task == "localize" else None,
+        "box_deltas": WindowBoxLoss(box_loss) if task == "localize" else None,
     }
     return {name: losses[name] for name in model.output_names}

@@ -40,17 +40,19 @@ from overfeat_tf.atomic import atomic_path
 from overfeat_tf.config import get_config
 from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.distribute import STRATEGIES, is_chief, make_strategy
+from overfeat_tf.losses import BOX_LOSSES
 from overfeat_tf.models import OverFeat
 from overfeat_tf.recipe import (
     INITS,
+    TASK_DEFAULTS,
     build_model,
     build_task_model,
     compile_crop_model,
     compile_task_model,
 )
 
-# STRATEGIES, INITS and build_model are also re-exported: train.py, the benchmarks and
-# tests/test_precision.py use them as `training.X`.
+# STRATEGIES, INITS, TASK_DEFAULTS and build_model are also re-exported: train.py, the
+# benchmarks and tests/test_precision.py use them as `training.X`.
 MODELS = ("fast", "accurate", "tiny")
 TASKS = ("classify", *spatial_training.TASKS)  # classify -> detect -> localize
 MIXED_PRECISION = precision.PRECISIONS  # "auto": from the hardware (overfeat_tf.precision)
@@ -67,10 +69,26 @@ class TrainConfig:
         task: "classify" (crops -> labels, paper §3), "detect" (spatial, with a background
             class and mined negatives, §5) or "localize" (the box regressor on a frozen
             trunk, §4.2); see `overfeat_tf.spatial_training`.
-        init_model: the `.keras` model a "detect" / "localize" run starts from (the
-            classifier, or the detector before "localize"); its classes must be the
-            dataset's.
+        init_model: the `.keras` model (an `OverFeat` or `OverFeatDetector`: a `convert`ed
+            release net, or any model a run saved) the run starts from; required for
+            "detect" / "localize" (the classifier, or the detector before "localize"),
+            optional for "classify" (fine-tuning). It may have any label set: with the
+            dataset's classes (same names, same order) and no transfer flags every layer is
+            copied, fc8 included; otherwise layers up to `transfer_up_to` are copied and
+            fc8 (+ background for detect) is new (`recipe.transfer_model`).
+        transfer_up_to: the last layer copied from `init_model` (`recipe.layer_order`:
+            "conv1" .. "conv5"/"conv6", "fc6", "fc7", "adapt1".., "fc8"). None: "fc7"
+            when the label set or the adaptation layers change, every layer otherwise.
+        adaptation_layers: new fc layers (1x1 convs, ReLU, dropout) between fc7 and fc8
+            (Oquab et al. 2014: 1 = their FCa before FCb = fc8). None: those of
+            `init_model` (none without one); 0 removes them.
+        adaptation_width: units of each adaptation layer (Oquab: 2048).
+        freeze_up_to: the layers up to this one (same names as `transfer_up_to`) are not
+            trained ("classify" / "detect"; Oquab: "fc7", training only the adaptation
+            layers and fc8). None: every layer trains.
         regressor: "class_specific" or "class_agnostic" (the head "localize" adds).
+        box_loss: "localize" loss on the window-unit box edges: "smooth_l1" (default,
+            bounded gradients) or "l2" (the paper's); see `losses.WindowBoxLoss`.
         train_size: side of the spatial tasks' training images (None: crop + 4 fine
             strides, a 5x5 output map).
         dataset: TFDS name (e.g. "imagenet2012", "overfeat_shapes/standard"); None: the
@@ -82,7 +100,11 @@ class TrainConfig:
         epochs: number of epochs (the schedule's last halving is after epoch 80).
         steps_per_epoch: batches per epoch; None: examples in the split // batch size.
         batch_size: global batch size (split over replicas).
-        learning_rate: initial learning rate.
+        learning_rate: initial learning rate. None: the task's default
+            (`TASK_DEFAULTS`: 5e-2 classify and detect, 3e-3 localize).
+        clipnorm: SGD's gradients (all trainable variables together) are scaled down to
+            this global norm when longer. None: the task's default (`TASK_DEFAULTS`: none
+            for classify, 10 detect, 1 localize); 0: no clipping.
         lr_decay_epochs: epochs after which the learning rate is multiplied by
             `lr_decay_factor`.
         lr_decay_factor: the multiplier (paper: 0.5).
@@ -108,7 +130,12 @@ class TrainConfig:
     model: str = "fast"
     task: str = "classify"
     init_model: str | None = None
+    transfer_up_to: str | None = None
+    adaptation_layers: int | None = None
+    adaptation_width: int = 2048
+    freeze_up_to: str | None = None
     regressor: str = "class_specific"
+    box_loss: str = "smooth_l1"
     train_size: int | None = None
     dataset: str | None = None
     split: str = "train"
@@ -118,7 +145,8 @@ class TrainConfig:
     epochs: int = 90
     steps_per_epoch: int | None = None
     batch_size: int = 128
-    learning_rate: float = 5e-2
+    learning_rate: float | None = None
+    clipnorm: float | None = None
     lr_decay_epochs: tuple[int, ...] = (30, 50, 60, 70, 80)
     lr_decay_factor: float = 0.5
     momentum: float = 0.6
@@ -136,6 +164,11 @@ class TrainConfig:
     verbose: str | int = "auto"
 
     def __post_init__(self) -> None:
+        defaults = TASK_DEFAULTS.get(self.task, {})
+        if self.learning_rate is None:
+            self.learning_rate = defaults.get("learning_rate", 5e-2)
+        if self.clipnorm is None:
+            self.clipnorm = defaults.get("clipnorm", 0.0)
         self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
         # ValueError naming the valid choices; "none" / None -> "float32".
         self.mixed_precision = precision.normalize_precision(self.mixed_precision)
@@ -159,6 +192,28 @@ class TrainConfig:
                 f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}.",
             ),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}."),
+            (self.clipnorm >= 0, f"clipnorm must be >= 0 (0: off), got {self.clipnorm}."),
+            (
+                self.box_loss in BOX_LOSSES,
+                f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}.",
+            ),
+            (
+                self.adaptation_layers is None or self.adaptation_layers >= 0,
+                f"adaptation_layers must be >= 0, got {self.adaptation_layers}.",
+            ),
+            (
+                self.adaptation_width >= 1,
+                f"adaptation_width must be >= 1, got {self.adaptation_width}.",
+            ),
+            (
+                self.transfer_up_to is None or bool(self.init_model),
+                "--transfer-up-to chooses what is copied from --init-model: pass one.",
+            ),
+            (
+                self.freeze_up_to is None or self.task != "localize",
+                "--freeze-up-to is for classify and detect: localize already trains only "
+                "the regressor.",
+            ),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}."),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}."),
             (

@@ -19,7 +19,7 @@ from overfeat_tf import detection_eval, evaluation, serving
 from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector, detect, localize
-from overfeat_tf.merge_reference import greedy_merge_numpy
+from overfeat_tf.merge_reference import greedy_merge_numpy, mutual_merge_numpy
 from overfeat_tf.models import OverFeat
 
 NAMES = ["circle", "square", "triangle"]
@@ -63,10 +63,15 @@ def _random_boxes(rng: np.random.Generator, n: int, classes: int):
     return boxes, rng.uniform(0.01, 1, n).astype(np.float32), rng.integers(0, classes, n)
 
 
-def test_greedy_merge_decoder_equals_the_numpy_merge(rng):
+@pytest.mark.parametrize(
+    ("algorithm", "reference"),
+    [("rounds", mutual_merge_numpy), ("sequential", greedy_merge_numpy)],
+)
+def test_merge_decoder_equals_the_numpy_merge(rng, algorithm, reference):
     boxes, scores, classes = _random_boxes(rng, 60, 3)
-    out = GreedyMergeDecoder(merge_threshold=0.7, max_detections=100)(boxes, scores, classes)
-    want_boxes, want_scores, want_classes, members = greedy_merge_numpy(boxes, scores, classes, 0.7)
+    decoder = GreedyMergeDecoder(0.7, 100, algorithm=algorithm)
+    out = decoder(boxes, scores, classes)
+    want_boxes, want_scores, want_classes, members = reference(boxes, scores, classes, 0.7)[:4]
     n = int(out["num_detections"])
     assert n == len(want_scores)
     np.testing.assert_allclose(out["detection_boxes"][:n], want_boxes, atol=1e-5)
@@ -136,7 +141,10 @@ def test_decoders_inside_tf_data_equal_eager(rng):
 
 @pytest.mark.parametrize(
     "decoder",
-    [GreedyMergeDecoder(0.5, 7, jit_compile=False), NMSDecoder(0.3, 9, per_class=False)],
+    [
+        GreedyMergeDecoder(0.5, 7, "sequential", jit_compile=False),
+        NMSDecoder(0.3, 9, per_class=False),
+    ],
     ids=["merge", "nms"],
 )
 def test_decoder_config_round_trips(decoder):

@@ -144,7 +144,7 @@ def test_many_blocks_and_classes_spanning_blocks(monkeypatch, xla):
     # Tiny blocks: every round runs many blocks, rows of a block span several classes and
     # column minima are accumulated across blocks.
     monkeypatch.setattr(MM, "_BLOCK_SCORES", 300)
-    monkeypatch.setattr(MM, "_XLA_BLOCK_SCORES", 300)
+    monkeypatch.setattr(MM, "_ROWS", 16)
     graph = tf.function(MM.mutual_merge_graph.python_function)
     boxes, scores, classes = detector_set(4, 250, num_classes=5)
     classes[:40] = 9  # one more class, small classes around it
@@ -317,7 +317,7 @@ def test_close_to_the_greedy_merge_on_detector_sets():
     # The merges happen in another order, so the clusters may differ at their edges; the
     # objects' clusters (the top-scoring ones) must agree: similar boxes and score mass.
     for seed in range(2):
-        boxes, scores, classes = detector_set(20 + seed, 800, num_objects=3)
+        boxes, scores, classes = detector_set(20 + seed, 600, num_objects=3)
         args = (boxes, scores, classes, MERGE_THRESHOLD, 20)
         mutual = mutual_merge(*args, jit_compile=False)
         greedy = greedy_merge(*args, jit_compile=False)

@@ -140,22 +140,77 @@ def test_mined_loss_matches_numpy(monkeypatch):
     assert st.MinedDetectionLoss.from_config(config).get_config() == config
 
 
+def _numpy_edge_loss(e, kind, beta):
+    e = np.abs(e)
+    if kind == "l2":
+        return e**2
+    return np.where(e < beta, 0.5 * e**2 / beta, e - 0.5 * beta)
+
+
+@pytest.mark.parametrize("kind", ["smooth_l1", "l2"])
 @pytest.mark.parametrize("per_class", [1, 3])
-def test_box_loss_matches_numpy(per_class):
+def test_box_loss_matches_numpy(per_class, kind):
     rng = np.random.default_rng(per_class)
     target = rng.normal(size=(2, 3, 3, 5)).astype("float32")
     target[..., 4] = rng.integers(-1, 3, size=(2, 3, 3))
-    pred = rng.normal(size=(2, 3, 3, 4 * per_class)).astype("float32")
-    got = st.WindowBoxLoss().call(tf.constant(target), tf.constant(pred)).numpy()
+    pred = rng.normal(scale=0.3, size=(2, 3, 3, 4 * per_class)).astype("float32")
+    pred[0, 0, 0] = np.nan  # a cell without a box may hold anything
+    target[0, 0, 0, 4] = -1
+    loss = st.WindowBoxLoss(kind)
+    got = loss.call(tf.constant(target), tf.constant(pred)).numpy()
     want = []
     for t, p in zip(target.reshape(2, 9, 5), pred.reshape(2, 9, per_class, 4), strict=True):
         errors = [
-            ((p[k, int(c) if per_class > 1 else 0] - t[k, :4]) ** 2).sum()
+            _numpy_edge_loss(p[k, int(c) if per_class > 1 else 0] - t[k, :4], kind, 0.1).sum()
             for k, c in enumerate(t[:, 4])
             if c >= 0
         ]
         want.append(np.mean(errors) if errors else 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    config = loss.get_config()
+    assert config["kind"] == kind and st.WindowBoxLoss.from_config(config).beta == 0.1
+    with pytest.raises(ValueError, match="box loss kind"):
+        st.WindowBoxLoss("l1")
+
+
+def test_smooth_l1_gradient_is_bounded_and_l2_is_not():
+    """A prediction 50 windows off: smooth L1's gradient per edge is 1, L2's is 2 * 50."""
+    target = tf.constant([[[[0.1, 0.2, 0.8, 0.9, 0.0]]]])
+    pred = tf.Variable([[[[50.1, 0.2, 0.8, 0.9]]]])
+    grads = {}
+    for kind in ("smooth_l1", "l2"):
+        with tf.GradientTape() as tape:
+            value = st.WindowBoxLoss(kind).call(target, pred)
+        grads[kind] = tape.gradient(value, pred).numpy().reshape(4)
+    np.testing.assert_allclose(grads["smooth_l1"], [1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(grads["l2"], [100, 0, 0, 0], rtol=1e-5)
+
+
+def test_box_targets_stay_in_window_units_bounds_for_huge_boxes():
+    """Boxes up to 10 windows wide, anywhere: every regressed edge is in TARGET_RANGE
+    (ymin, xmin in [-1, 1), ymax, xmax in (0, 2]); a box much larger than the window gets no
+    target; the same geometry at twice the pixels gives the same targets."""
+    rng = np.random.default_rng(5)
+    hw = np.exp(rng.uniform(np.log(5), np.log(2300), size=(300, 2)))  # 0.02 .. 10 windows
+    centre = rng.uniform(-231, SIZE + 231, size=(300, 2))
+    boxes = np.concatenate([centre - hw / 2, centre + hw / 2], axis=1).astype("float32")
+    targets = tf.function(lambda b: st.spatial_targets(b[None], [1], TINY, SIZE, C)[1])
+    seen = 0
+    for box in boxes:
+        target = targets(tf.constant(box)).numpy().reshape(-1, 5)
+        edges = target[target[:, 4] >= 0, :4]
+        seen += len(edges)
+        assert (edges >= -1 - 1e-6).all() and (edges <= 2 + 1e-6).all()
+        assert (edges[:, :2] < 1).all() and (edges[:, 2:] > 0).all()
+    assert seen > 100  # many boxes did get targets
+    huge = np.array([[-500, -500, 1000, 1000]], "float32")  # 6.5 windows square
+    assert (st.spatial_targets(huge, [1], TINY, SIZE, C)[1].numpy()[..., 4] == -1).all()
+    box = np.array([[20, 30, 260, 200]], "float32")
+    small = st.spatial_targets(box, [1], TINY, SIZE, C)[1].numpy()[0, 0, :4]
+    np.testing.assert_allclose(small, [20 / 231, 30 / 231, 260 / 231, 200 / 231], rtol=1e-6)
+    window_x2 = tf.constant([[0.0, 0.0, 462.0, 462.0]])  # the same geometry in 2x pixels
+    big = st.box_ops.encode_boxes(2 * box, window_x2).numpy()[0]
+    np.testing.assert_allclose(small, big, rtol=1e-6)
 
 
 def test_task_models_copy_weights_and_freeze():

@@ -20,7 +20,7 @@ order) and no transfer flags, every layer is copied (fc8 too); otherwise the lay
 regressor is dropped (localize adds a new one). The copied and new layers are printed.
 
 Defaults are the paper's recipe: SGD momentum 0.6, weight decay 1e-5, batch 128, learning
-rate 5e-2 (localize: 3e-3, with the gradient's global norm clipped to 1; detect: clipped to
+rate 5e-2 (localize: 1e-2, with the gradient's global norm clipped to 1; detect: clipped to
 10) halved after epochs 30/50/60/70/80, N(0, 1e-2) init, random crops (231 fast,
 221 accurate) of images rescaled to a 256 px short side, random flips, 90 epochs. The
 default dataset is imagenet2012 for fast and accurate (its ILSVRC2012 tars must be in

@@ -7,7 +7,8 @@
   any later callback writes that epoch (so no checkpoint, backup or state of it exists);
 - `keras.callbacks.BackupAndRestore` in `<output>/backup`: weights, optimizer state and
   epoch after every epoch, restored when the same command is rerun after a crash
-  (`backed_up_epoch` reads the epoch it will resume from);
+  (`backed_up_epoch` reads the epoch it will resume from), then `KeepLearningRate` (a
+  resumed run trains at the command's constant learning rate, not the backup's);
 - `keras.callbacks.ModelCheckpoint`: every epoch's weights in `<output>/checkpoints/`;
 - `tensorboard_callback`: per-epoch scalars in `<output>/logs` (`keras.callbacks.TensorBoard`,
   or `EpochScalars` without the `tensorboard` package);
@@ -158,9 +159,38 @@ class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
         )
         raise TrainingDiverged(
             f"Training diverged in epoch {self.epoch + 1}: {what}. Nothing of that epoch was "
-            f"saved (no checkpoint, backup or model.keras); {kept}. Lower --lr or "
-            "--clipnorm (see train.py -h)."
+            f"saved (no checkpoint, backup or model.keras); {kept}. Lower --lr, or "
+            "clip the gradient with --clipnorm (see train.py -h)."
         )
+
+
+class KeepLearningRate(keras.callbacks.Callback):
+    """A resumed run trains at the command's learning rate, not the backup's.
+
+    `BackupAndRestore` restores every optimizer variable, and a constant learning rate is
+    one: rerunning a diverged run with a lower `--lr` would silently resume at the old
+    rate. This reads the rate when `fit` starts (`set_model`, before the restore) and puts
+    it back after the restore (put it after `BackupAndRestore`). A schedule (the default
+    `lr_decay_epochs`) is not a variable: nothing to do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.learning_rate: float | None = None
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        optimizer = getattr(model, "optimizer", None)
+        schedule = isinstance(
+            getattr(optimizer, "_learning_rate", None),
+            keras.optimizers.schedules.LearningRateSchedule,
+        )
+        if optimizer is not None and not schedule:
+            self.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.learning_rate is not None:
+            self.model.optimizer.learning_rate = self.learning_rate
 
 
 class CorruptRecordLogger(keras.callbacks.Callback):
@@ -276,6 +306,7 @@ def fit_callbacks(
         CorruptRecordLogger(counter),
         StopOnNonFinite(output, initial_epoch, checkpoint_pattern),
         keras.callbacks.BackupAndRestore(str(output / BACKUP_DIR), double_checkpoint=True),
+        KeepLearningRate(),
         keras.callbacks.ModelCheckpoint(checkpoint_pattern, save_weights_only=True),
         tensorboard_callback(output / "logs"),
         RunState(output, initial_epoch, checkpoint_pattern),

@@ -1,8 +1,9 @@
 """Spatial training for localization (box regressor, paper §4.2) and detection (§5).
 
 Both tasks train on whole output *maps*: a training image is rescaled (short side drawn
-from several scales, so the regressor learns to predict across scales, §4.2), cropped to a
-fixed `train_size` x `train_size` (so images batch), flipped at random, and every cell of
+from several scales, so the regressor learns to predict across scales, §4.2; the smallest
+is the net's window, padded to the training size), cropped to a fixed `train_size` x
+`train_size` (so images batch), flipped at random, and every cell of
 the fine-stride output map gets targets from the ground-truth boxes and the window the cell
 sees (`boxes.window_boxes`):
 
@@ -50,7 +51,7 @@ import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf import data, image_io, tfds_io
-from overfeat_tf.config import ModelConfig
+from overfeat_tf.config import PIXEL_MEAN, ModelConfig
 from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.models import OverFeat
 
@@ -67,9 +68,14 @@ def default_train_size(config: ModelConfig) -> int:
     return config.crop_size + 4 * config.fine_stride
 
 
-def default_short_sides(train_size: int) -> tuple[int, ...]:
-    """Rescaled short sides before the crop: 1x, 1.4x and 2x the training size."""
-    return (train_size, round(1.4 * train_size), 2 * train_size)
+def default_short_sides(train_size: int, crop_size: int | None = None) -> tuple[int, ...]:
+    """Rescaled short sides before the crop: 1x, 1.4x and 2x the training size, and first
+    the net's window (`crop_size`) when it is smaller than the training size: at that
+    scale a photo-filling object fits in about one window, so it gets regression and class
+    targets (at the larger scales its box covers too little of any window, module
+    docstring); the image is padded to the training size (`random_spatial_crop`)."""
+    sides = (train_size, round(1.4 * train_size), 2 * train_size)
+    return ((crop_size,) if crop_size and crop_size < train_size else ()) + sides
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -150,12 +156,15 @@ def random_spatial_crop(
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Rescale (short side drawn from `short_sides`; `image_io.short_side_size` and
-    `image_io.resize`), random `size` crop, random flip.
+    `image_io.resize`), pad to `size` where smaller, random `size` crop, random flip.
+
+    A side smaller than `size` is padded with `PIXEL_MEAN` (0 after the net's
+    normalization) at a random offset.
 
     Args:
         image: `[H, W, 3]` float32 0..255.
         boxes: `[N, 4]` yxyx NORMALIZED to the image.
-        size: crop side (px); every short side must be >= size.
+        size: crop side (px).
         short_sides: candidate rescaled short sides (px).
         seed: int `[2]` stateless seed.
 
@@ -166,14 +175,23 @@ def random_spatial_crop(
     seeds = tf.random.experimental.stateless_split(seed, num=4)
     sides = tf.constant(list(short_sides), tf.int32)
     side = sides[tf.random.stateless_uniform([], seeds[0], 0, len(short_sides), tf.int32)]
-    new_hw = image_io.short_side_size(tf.shape(image)[:2], side)  # each side >= side >= size
+    new_hw = image_io.short_side_size(tf.shape(image)[:2], side)  # each side >= side
     image = image_io.resize(image, new_hw)
+    boxes = box_ops.denormalize_boxes(boxes, new_hw)
+    pad = tf.maximum(size - new_hw, 0)  # [2]
+    pad_seeds = tf.random.experimental.stateless_split(seeds[3], num=2)
+    top = tf.random.stateless_uniform([], pad_seeds[0], 0, pad[0] + 1, tf.int32)
+    left = tf.random.stateless_uniform([], pad_seeds[1], 0, pad[1] + 1, tf.int32)
+    image = (
+        tf.pad(image - PIXEL_MEAN, [[top, pad[0] - top], [left, pad[1] - left], [0, 0]])
+        + PIXEL_MEAN
+    )
+    new_hw = new_hw + pad
+    boxes = boxes + tf.cast(tf.stack([top, left, top, left]), tf.float32)
     y0 = tf.random.stateless_uniform([], seeds[1], 0, new_hw[0] - size + 1, tf.int32)
     x0 = tf.random.stateless_uniform([], seeds[2], 0, new_hw[1] - size + 1, tf.int32)
     image = image[y0 : y0 + size, x0 : x0 + size]
-    boxes = box_ops.denormalize_boxes(boxes, new_hw) - tf.cast(
-        tf.stack([y0, x0, y0, x0]), tf.float32
-    )
+    boxes = boxes - tf.cast(tf.stack([y0, x0, y0, x0]), tf.float32)
     flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     boxes = tf.cond(flip, lambda: box_ops.flip_left_right(boxes, size), lambda: boxes)
@@ -205,9 +223,11 @@ def spatial_dataset(
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     size = train_size or default_train_size(config)
-    sides = tuple(short_sides or default_short_sides(size))
-    if min(sides) < size:
-        raise ValueError(f"Every short side {sides} must be >= the training size {size}.")
+    sides = tuple(short_sides or default_short_sides(size, config.crop_size))
+    if min(sides) < config.crop_size:
+        raise ValueError(
+            f"Every short side {sides} must be >= the net's window {config.crop_size} px."
+        )
     if config.output_size(size) < 1:
         raise ValueError(f"train_size {size} is smaller than the net's crop {config.crop_size}.")
     dataset = tfds_io.raw_split(

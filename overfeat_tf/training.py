@@ -101,7 +101,7 @@ class TrainConfig:
         steps_per_epoch: batches per epoch; None: examples in the split // batch size.
         batch_size: global batch size (split over replicas).
         learning_rate: initial learning rate. None: the task's default
-            (`TASK_DEFAULTS`: 5e-2 classify and detect, 3e-3 localize).
+            (`TASK_DEFAULTS`: 5e-2 classify and detect, 1e-2 localize).
         clipnorm: SGD's gradients (all trainable variables together) are scaled down to
             this global norm when longer. None: the task's default (`TASK_DEFAULTS`: none
             for classify, 10 detect, 1 localize); 0: no clipping.

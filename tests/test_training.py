@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -95,6 +96,15 @@ def test_weight_decay_is_torch_style_l2_on_every_parameter():
 def test_config_defaults_are_the_papers_and_bad_values_fail():
     config = training.TrainConfig()
     assert (config.batch_size, config.learning_rate, config.momentum) == (128, 5e-2, 0.6)
+    assert config.clipnorm == 0 and config.box_loss == "smooth_l1"
+    assert config.adaptation_layers is None and config.transfer_up_to is None
+    # the spatial tasks: clipped; localize at a lower rate; explicit values win
+    detect = training.TrainConfig(task="detect", init_model="m.keras")
+    localize = training.TrainConfig(task="localize", init_model="m.keras")
+    assert (detect.learning_rate, detect.clipnorm) == (5e-2, 10.0)
+    assert (localize.learning_rate, localize.clipnorm) == (1e-2, 1.0)
+    mine = training.TrainConfig(task="localize", init_model="m", learning_rate=0.1, clipnorm=0)
+    assert (mine.learning_rate, mine.clipnorm) == (0.1, 0)
     assert (config.weight_decay, config.lr_decay_epochs, config.lr_decay_factor) == (
         1e-5,
         (30, 50, 60, 70, 80),
@@ -109,6 +119,7 @@ def test_config_defaults_are_the_papers_and_bad_values_fail():
         {"mixed_precision": "int8"},
         {"init": "zeros"},
         {"epochs": 0},
+        {"clipnorm": -1.0},
     ):
         with pytest.raises(ValueError):
             training.TrainConfig(**bad)
@@ -150,13 +161,17 @@ def test_fit_callbacks_are_in_resume_safe_order_and_read_the_backup(tmp_path):
     plain, timer = callbacks.fit_callbacks(tmp_path, 0, counter)
     assert timer is None and (tmp_path / "checkpoints").is_dir()
     kinds = [type(c) for c in plain]
-    # the count enters the logs before they are saved; the backup is restored before
-    # RunState reads it; state.json is written after the epoch's checkpoint
-    assert kinds[:3] == [
+    # the count enters the logs before they are saved; a diverged epoch raises before
+    # anything writes it; the backup is restored before RunState reads it; state.json is
+    # written after the epoch's checkpoint
+    assert kinds[:5] == [
         callbacks.CorruptRecordLogger,
+        callbacks.StopOnNonFinite,
         keras.callbacks.BackupAndRestore,
+        callbacks.KeepLearningRate,  # after the restore
         keras.callbacks.ModelCheckpoint,
     ]
+    assert isinstance(plain[1], keras.callbacks.TerminateOnNaN)
     assert kinds[-1] is callbacks.RunState
     limited, timer = callbacks.fit_callbacks(tmp_path, 3, counter, time_limit=5.0)
     assert limited[-1] is timer and timer.seconds == 5.0 and limited[-2].initial_epoch == 3
@@ -252,6 +267,132 @@ def test_mixed_precision_time_limited_run_keeps_float32_outputs_and_restores_the
     model = keras.models.load_model(result["model_path"])
     assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
     assert model(np.zeros((1, 231, 231, 3)))["class_logits"].dtype == "float32"
+
+
+# --- divergence -----------------------------------------------------------------------------
+
+
+class _Poison(keras.callbacks.Callback):
+    """Makes conv1's kernel NaN once: before step `step` of `epoch` (0-based), so that step's
+    loss is NaN, or with `after=True` after it (the loss was finite, the weights are not)."""
+
+    def __init__(self, epoch: int, step: int, after: bool = False) -> None:
+        super().__init__()
+        self.epoch, self.step, self.after, self.current = epoch, step, after, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def _poison(self, batch):
+        if (self.current, batch) == (self.epoch, self.step):
+            kernel = self.model.get_layer("conv1").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.after:
+            self._poison(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.after:
+            self._poison(batch)
+
+
+class _LearningRates(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def _poisoned(monkeypatch, first: keras.callbacks.Callback, last=None) -> None:
+    """Put `first` first in the run's callbacks (before the non-finite check), `last` last."""
+    original = callbacks.fit_callbacks
+
+    def with_poison(*args, **kwargs):
+        callback_list, timer = original(*args, **kwargs)
+        return [first, *callback_list, *([last] if last else [])], timer
+
+    monkeypatch.setattr(callbacks, "fit_callbacks", with_poison)
+
+
+def _small_run(tmp_path, **kwargs) -> training.TrainConfig:
+    common = {
+        "model": "tiny",
+        "output": str(tmp_path / "run"),
+        "epochs": 3,
+        "steps_per_epoch": 2,
+        "batch_size": 4,
+        "init": "he_normal",
+        "learning_rate": 0.01,
+        "mixed_precision": "float32",
+        "verbose": 0,
+    }
+    return training.TrainConfig(**{**common, **kwargs})
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = _small_run(tmp_path, lr_decay_epochs=())  # a constant rate: an optimizer variable
+    run = tmp_path / "run"
+    _poisoned(monkeypatch, _Poison(epoch=1, step=0))
+    good = run / "checkpoints" / "epoch_001.weights.h5"
+    with pytest.raises(callbacks.TrainingDiverged) as raised:
+        training.train(config, encoded_examples(8), list(TOY_CLASSES))
+    message = str(raised.value)
+    assert "epoch 2: the loss is nan after step 1" in message and str(good) in message
+    assert "\n" not in message  # train.py prints it as one line
+    # nothing of epoch 2: no checkpoint, no model; the resume point is epoch 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [good.name]
+    assert not (run / "model.keras").exists()
+    assert callbacks.backed_up_epoch(run / callbacks.BACKUP_DIR) == 1
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 1 and state["fingerprint"] == _fingerprint_of_checkpoint(good)
+    crop = OverFeat("tiny", num_classes=len(TOY_CLASSES)).crop_model()
+    crop.load_weights(str(good))
+    assert all(np.isfinite(w).all() for w in crop.get_weights())
+    diverged = json.loads((run / "diverged.json").read_text())
+    assert diverged["epoch"] == 2 and diverged["step"] == 1
+    assert diverged["last_good_checkpoint"] == str(good)
+    # rerunning the command with a lower --lr (no poison now) resumes from the last good
+    # epoch, at the new rate (the backup's optimizer state holds the old one)
+    monkeypatch.undo()
+    rates = _LearningRates()
+    _poisoned(monkeypatch, keras.callbacks.Callback(), rates)
+    lower = dataclasses.replace(config, learning_rate=1e-3)
+    result = training.train(lower, encoded_examples(8), list(TOY_CLASSES))
+    assert result["initial_epoch"] == 1 and result["final_step"] == 6
+    assert np.isfinite(result["logs"]["loss"]) and Path(result["model_path"]).exists()
+    assert rates.seen == [pytest.approx(1e-3)] * 2
+
+
+def test_nan_weights_with_a_finite_loss_stop_at_the_epoch_end(tmp_path, monkeypatch):
+    """The last step's update makes the weights NaN (its loss was finite): the epoch-end
+    check stops the run before its checkpoint; no epoch finished, so none is named."""
+    _poisoned(monkeypatch, _Poison(epoch=0, step=1, after=True))
+    with pytest.raises(callbacks.TrainingDiverged, match="no good checkpoint") as raised:
+        training.train(_small_run(tmp_path), encoded_examples(8), list(TOY_CLASSES))
+    assert "weights are NaN or infinite (first: conv1/kernel)" in str(raised.value)
+    run = tmp_path / "run"
+    assert not list((run / "checkpoints").iterdir()) and not (run / "model.keras").exists()
+    assert not (run / callbacks.BACKUP_DIR).exists() and not (run / "state.json").exists()
+
+
+def test_train_py_exits_with_one_line_when_the_loss_diverges(toy_data_dir, tmp_path):  # noqa: F811
+    flags = [*TOY_FLAGS, "--data-dir", str(toy_data_dir), "--output", str(tmp_path / "run")]
+    flags += ["--epochs", "2", "--steps-per-epoch", "3", "--lr", "1e30", "--momentum", "0"]
+    done = subprocess.run(
+        [sys.executable, "train.py", *flags],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Training diverged in epoch 1: the loss is ")
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "model.keras").exists()
 
 
 # --- strategies (subprocesses: devices and TF_CONFIG are fixed when TF starts) --------------

@@ -42,6 +42,7 @@ import keras
 from overfeat_tf import precision, spatial_training
 from overfeat_tf.config import get_config
 from overfeat_tf.distribute import CropTrainer
+from overfeat_tf.losses import BOX_LOSSES
 from overfeat_tf.models import (
     PAPER_INITIALIZER,
     OverFeat,
@@ -63,6 +64,35 @@ TASK_DEFAULTS: dict[str, dict[str, float]] = {
     "detect": {"learning_rate": 5e-2, "clipnorm": 10.0},
     "localize": {"learning_rate": 1e-2, "clipnorm": 1.0},
 }
+
+
+def check_transfer_settings(config: TrainConfig) -> list[tuple[bool, str]]:
+    """(ok, message) checks of the clipping, box-loss and transfer settings of a
+    `TrainConfig` (its `__post_init__` raises the first failed one as a ValueError)."""
+    return [
+        (config.clipnorm >= 0, f"clipnorm must be >= 0 (0: off), got {config.clipnorm}."),
+        (
+            config.box_loss in BOX_LOSSES,
+            f"box_loss must be one of {BOX_LOSSES}, got {config.box_loss!r}.",
+        ),
+        (
+            config.adaptation_layers is None or config.adaptation_layers >= 0,
+            f"adaptation_layers must be >= 0, got {config.adaptation_layers}.",
+        ),
+        (
+            config.adaptation_width >= 1,
+            f"adaptation_width must be >= 1, got {config.adaptation_width}.",
+        ),
+        (
+            config.transfer_up_to is None or bool(config.init_model),
+            "--transfer-up-to chooses what is copied from --init-model: pass one.",
+        ),
+        (
+            config.freeze_up_to is None or config.task != "localize",
+            "--freeze-up-to is for classify and detect: localize already trains only "
+            "the regressor.",
+        ),
+    ]
 
 
 def learning_rate_schedule(

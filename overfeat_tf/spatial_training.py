@@ -182,10 +182,8 @@ def random_spatial_crop(
     pad_seeds = tf.random.experimental.stateless_split(seeds[3], num=2)
     top = tf.random.stateless_uniform([], pad_seeds[0], 0, pad[0] + 1, tf.int32)
     left = tf.random.stateless_uniform([], pad_seeds[1], 0, pad[1] + 1, tf.int32)
-    image = (
-        tf.pad(image - PIXEL_MEAN, [[top, pad[0] - top], [left, pad[1] - left], [0, 0]])
-        + PIXEL_MEAN
-    )
+    paddings = [[top, pad[0] - top], [left, pad[1] - left], [0, 0]]
+    image = tf.pad(image, paddings, constant_values=PIXEL_MEAN)
     new_hw = new_hw + pad
     boxes = boxes + tf.cast(tf.stack([top, left, top, left]), tf.float32)
     y0 = tf.random.stateless_uniform([], seeds[1], 0, new_hw[0] - size + 1, tf.int32)

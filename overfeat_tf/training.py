@@ -40,13 +40,13 @@ from overfeat_tf.atomic import atomic_path
 from overfeat_tf.config import get_config
 from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.distribute import STRATEGIES, is_chief, make_strategy
-from overfeat_tf.losses import BOX_LOSSES
 from overfeat_tf.models import OverFeat
 from overfeat_tf.recipe import (
     INITS,
     TASK_DEFAULTS,
     build_model,
     build_task_model,
+    check_transfer_settings,
     compile_crop_model,
     compile_task_model,
 )
@@ -192,28 +192,7 @@ class TrainConfig:
                 f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}.",
             ),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}."),
-            (self.clipnorm >= 0, f"clipnorm must be >= 0 (0: off), got {self.clipnorm}."),
-            (
-                self.box_loss in BOX_LOSSES,
-                f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}.",
-            ),
-            (
-                self.adaptation_layers is None or self.adaptation_layers >= 0,
-                f"adaptation_layers must be >= 0, got {self.adaptation_layers}.",
-            ),
-            (
-                self.adaptation_width >= 1,
-                f"adaptation_width must be >= 1, got {self.adaptation_width}.",
-            ),
-            (
-                self.transfer_up_to is None or bool(self.init_model),
-                "--transfer-up-to chooses what is copied from --init-model: pass one.",
-            ),
-            (
-                self.freeze_up_to is None or self.task != "localize",
-                "--freeze-up-to is for classify and detect: localize already trains only "
-                "the regressor.",
-            ),
+            *check_transfer_settings(self),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}."),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}."),
             (

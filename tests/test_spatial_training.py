@@ -1,5 +1,7 @@
 """Localization / detection targets, losses and task models against NumPy references."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -85,6 +87,31 @@ def test_random_spatial_crop_moves_boxes_with_pixels():
         ys, xs = np.nonzero(mask)
         assert abs(ys.min() - max(y0, 0)) <= 2 and abs(ys.max() + 1 - min(y1, 295)) <= 2
         assert abs(xs.min() - max(x0, 0)) <= 2 and abs(xs.max() + 1 - min(x1, 295)) <= 2
+
+
+def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow():
+    """Short side 231 < crop 295: the 231 x 289 image sits at a random offset in a 295 x 295
+    canvas of PIXEL_MEAN (0 after normalization); the box moves with its pixels."""
+    image = np.zeros((400, 500, 3), "float32")
+    image[100:220, 150:330] = 255
+    boxes = np.array([[100 / 400, 150 / 500, 220 / 400, 330 / 500]], "float32")
+    offsets = set()
+    for s in range(8):
+        crop, out = st.random_spatial_crop(image, boxes, 295, (231,), tf.constant([s, 4]))
+        crop = crop.numpy()
+        inside = np.nonzero((crop != st.PIXEL_MEAN).any(axis=(1, 2)))[0]  # image rows
+        assert len(inside) == 231
+        top = inside[0]
+        np.testing.assert_allclose(crop[:top], st.PIXEL_MEAN, rtol=1e-6)
+        ys, xs = np.nonzero(crop[..., 0] > 200)
+        y0, x0, y1, x1 = out.numpy()[0]
+        assert abs(ys.min() - y0) <= 1.5 and abs(ys.max() + 1 - y1) <= 1.5
+        assert abs(xs.min() - x0) <= 1.5 and abs(xs.max() + 1 - x1) <= 1.5
+        assert (y1 - y0) == pytest.approx(120 * 231 / 400, abs=0.01)
+        offsets.add(int(top))
+    assert len(offsets) > 1  # a random vertical offset within the 64 px of padding
+    assert st.default_short_sides(295, 231) == (231, 295, 413, 590)
+    assert st.default_short_sides(231, 231) == (231, 323, 462)
 
 
 def test_random_spatial_crop_is_a_window_of_the_shared_resize():
@@ -367,6 +394,12 @@ def test_localize_on_real_photos_trains_with_a_finite_decreasing_loss(tmp_path):
     losses = model.fit(images, y, epochs=12, batch_size=4, verbose=0).history["loss"]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
+    # the same batch with the paper's L2 at the classification rate, unclipped: diverges
+    paper = dataclasses.replace(config, box_loss="l2", clipnorm=0.0, learning_rate=5e-2)
+    keras.utils.set_random_seed(config.seed)
+    unclipped = recipe.compile_task_model(recipe.build_task_model(paper, names), paper, 10)
+    history = unclipped.fit(images, y, epochs=12, batch_size=4, verbose=0).history["loss"]
+    assert not np.isfinite(history).all() or max(history) > 1e3, history
     result = training.train(config, dataset=_photos(), class_names=names)
     assert result["final_step"] == 6 and np.isfinite(result["logs"]["loss"])
     trained = backbone_of(keras.models.load_model(result["model_path"]))

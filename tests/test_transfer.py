@@ -1,23 +1,37 @@
-"""Transfer to another label set (R-CNN's new fc8, Oquab et al.'s adaptation layers, frozen
-layers): the copied weights, the new layers, the flags' errors, and runs of every task from
-a tiny net and from a converted (synthetic) release fast net."""
+"""Real data (issue 13): transfer to another label set (R-CNN's new fc8, Oquab et al.'s
+adaptation layers, frozen layers) -- the copied weights, the new layers, the flags' errors,
+runs of every task from a tiny net and from a converted (synthetic) release fast net -- and
+runs that diverge: stopped on the first non-finite loss, the last good checkpoint kept.
+(Localize on real photos: tests/test_spatial_training.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from overfeat_tf import callbacks, recipe, training
 from overfeat_tf import convert as cv
-from overfeat_tf import recipe, training
 from overfeat_tf.datasets import SHAPE_CLASSES, render_example
 from overfeat_tf.models import OverFeat, backbone_of, load_model
 from tests import test_convert as tc
-from tests.test_data import TOY_CLASSES, encoded_examples
+from tests.test_data import TOY_CLASSES, encoded_examples, toy_data_dir  # noqa: F401
+from tests.test_training import (
+    ROOT,
+    SUBPROCESS_TIMEOUT,
+    TOY_FLAGS,
+    _env,
+    _fingerprint_of_checkpoint,
+)
 
 TRUNK = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
 NEW_NAMES = ["cat", "person", "cup"]  # another label set than the 12 shapes
@@ -301,3 +315,129 @@ def test_fine_tune_a_converted_fast_release_net_on_12_class_detection(tmp_path):
     assert net.get_layer("fc8").kernel.shape == (1, 1, 4096, 13)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"fast transfer: {time.monotonic() - start:.0f} s, peak RSS {peak_gb:.1f} GB")
+
+
+# --- divergence -----------------------------------------------------------------------------
+
+
+class _Poison(keras.callbacks.Callback):
+    """Makes conv1's kernel NaN once: before step `step` of `epoch` (0-based), so that step's
+    loss is NaN, or with `after=True` after it (the loss was finite, the weights are not)."""
+
+    def __init__(self, epoch: int, step: int, after: bool = False) -> None:
+        super().__init__()
+        self.epoch, self.step, self.after, self.current = epoch, step, after, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def _poison(self, batch):
+        if (self.current, batch) == (self.epoch, self.step):
+            kernel = self.model.get_layer("conv1").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.after:
+            self._poison(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.after:
+            self._poison(batch)
+
+
+class _LearningRates(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def _poisoned(monkeypatch, first: keras.callbacks.Callback, last=None) -> None:
+    """Put `first` first in the run's callbacks (before the non-finite check), `last` last."""
+    original = callbacks.fit_callbacks
+
+    def with_poison(*args, **kwargs):
+        callback_list, timer = original(*args, **kwargs)
+        return [first, *callback_list, *([last] if last else [])], timer
+
+    monkeypatch.setattr(callbacks, "fit_callbacks", with_poison)
+
+
+def _small_run(tmp_path, **kwargs) -> training.TrainConfig:
+    common = {
+        "model": "tiny",
+        "output": str(tmp_path / "run"),
+        "epochs": 3,
+        "steps_per_epoch": 2,
+        "batch_size": 4,
+        "init": "he_normal",
+        "learning_rate": 0.01,
+        "mixed_precision": "float32",
+        "verbose": 0,
+    }
+    return training.TrainConfig(**{**common, **kwargs})
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = _small_run(tmp_path, lr_decay_epochs=())  # a constant rate: an optimizer variable
+    run = tmp_path / "run"
+    _poisoned(monkeypatch, _Poison(epoch=1, step=0))
+    good = run / "checkpoints" / "epoch_001.weights.h5"
+    with pytest.raises(callbacks.TrainingDiverged) as raised:
+        training.train(config, encoded_examples(8), list(TOY_CLASSES))
+    message = str(raised.value)
+    assert "epoch 2: the loss is nan after step 1" in message and str(good) in message
+    assert "\n" not in message  # train.py prints it as one line
+    # nothing of epoch 2: no checkpoint, no model; the resume point is epoch 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [good.name]
+    assert not (run / "model.keras").exists()
+    assert callbacks.backed_up_epoch(run / callbacks.BACKUP_DIR) == 1
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 1 and state["fingerprint"] == _fingerprint_of_checkpoint(good)
+    crop = OverFeat("tiny", num_classes=len(TOY_CLASSES)).crop_model()
+    crop.load_weights(str(good))
+    assert all(np.isfinite(w).all() for w in crop.get_weights())
+    diverged = json.loads((run / "diverged.json").read_text())
+    assert diverged["epoch"] == 2 and diverged["step"] == 1
+    assert diverged["last_good_checkpoint"] == str(good)
+    # rerunning the command with a lower --lr (no poison now) resumes from the last good
+    # epoch, at the new rate (the backup's optimizer state holds the old one)
+    monkeypatch.undo()
+    rates = _LearningRates()
+    _poisoned(monkeypatch, keras.callbacks.Callback(), rates)
+    lower = dataclasses.replace(config, learning_rate=1e-3)
+    result = training.train(lower, encoded_examples(8), list(TOY_CLASSES))
+    assert result["initial_epoch"] == 1 and result["final_step"] == 6
+    assert np.isfinite(result["logs"]["loss"]) and Path(result["model_path"]).exists()
+    assert rates.seen == [pytest.approx(1e-3)] * 2
+
+
+def test_nan_weights_with_a_finite_loss_stop_at_the_epoch_end(tmp_path, monkeypatch):
+    """The last step's update makes the weights NaN (its loss was finite): the epoch-end
+    check stops the run before its checkpoint; no epoch finished, so none is named."""
+    _poisoned(monkeypatch, _Poison(epoch=0, step=1, after=True))
+    with pytest.raises(callbacks.TrainingDiverged, match="no good checkpoint") as raised:
+        training.train(_small_run(tmp_path), encoded_examples(8), list(TOY_CLASSES))
+    assert "weights are NaN or infinite (first: conv1/kernel)" in str(raised.value)
+    run = tmp_path / "run"
+    assert not list((run / "checkpoints").iterdir()) and not (run / "model.keras").exists()
+    assert not (run / callbacks.BACKUP_DIR).exists() and not (run / "state.json").exists()
+
+
+def test_train_py_exits_with_one_line_when_the_loss_diverges(toy_data_dir, tmp_path):  # noqa: F811
+    flags = [*TOY_FLAGS, "--data-dir", str(toy_data_dir), "--output", str(tmp_path / "run")]
+    flags += ["--epochs", "2", "--steps-per-epoch", "3", "--lr", "1e30", "--momentum", "0"]
+    done = subprocess.run(
+        [sys.executable, "train.py", *flags],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Training diverged in epoch 1: the loss is ")
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "model.keras").exists()

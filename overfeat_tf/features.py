@@ -80,6 +80,7 @@ from overfeat_tf.atomic import save_npy
 from overfeat_tf.config import ModelConfig, get_config
 from overfeat_tf.image_io import load_image, resize_short_side, short_message
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
+from overfeat_tf.models import adaptation_names
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _CLASSIFIER = ("fc6_linear", "fc6", "fc7_linear", "fc7", "fc8")
@@ -258,7 +259,10 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
 
     if target == f"pool{last}":
         return done(finish(x))
-    for name in ("fc6", "fc7", "fc8"):
+    # adaptation layers (`OverFeat(adaptation=...)`) sit between fc7 and fc8: fc8 then reads
+    # their output; they are not numbered (the release has none) but fc8 stays reachable
+    adapted = adaptation_names(len(getattr(model, "adaptation", ())))
+    for name in ("fc6", "fc7", *adapted, "fc8"):
         fc = model.get_layer(name)
         if target == f"{name}_linear":
             return done(finish(_Linear(fc, name=target)(x)))

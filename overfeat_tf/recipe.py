@@ -322,7 +322,8 @@ def build_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
 def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """SGD with the run's schedule and momentum; `global_clipnorm` when `config.clipnorm`
     is set (> 0): the gradient of all trainable variables together is scaled down to that
-    norm when it is longer."""
+    norm when it is longer. (Under a `tf.distribute` strategy Keras clips each replica's
+    gradient before summing them: the bound on the sum is replicas x clipnorm.)"""
     schedule = learning_rate_schedule(
         config.learning_rate, steps_per_epoch, config.lr_decay_epochs, config.lr_decay_factor
     )

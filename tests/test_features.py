@@ -443,3 +443,11 @@ def test_cli_setup_errors(model_file, image_dir, tmp_path, capsys):
     assert _cli(model_file, empty, tmp_path / "o", "--layer", "fc7") == 1
     assert "No images in" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_fc8_of_a_model_with_adaptation_layers_is_its_class_logits():
+    model = OverFeat("tiny", num_classes=3, adaptation=(16,), kernel_initializer="he_normal")
+    image = np.random.default_rng(5).uniform(0, 255, (1, 263, 263, 3)).astype(np.float32)
+    fc8 = ft.feature_model(model, "fc8", "coarse")(image)
+    logits = model.spatial_model("coarse")(image)["class_logits"]
+    np.testing.assert_allclose(fc8, logits, rtol=1e-4, atol=1e-4)

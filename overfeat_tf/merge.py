@@ -229,6 +229,27 @@ def _resolve_jit_compile(jit_compile: bool | None) -> bool:
     return not _in_save_context()
 
 
+def _prepared(
+    name: str,
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    threshold: float | tf.Tensor,
+    max_output: int,
+    jit_compile: bool | None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, bool]:
+    """One image's merge inputs checked (shapes, finiteness, threshold) and the XLA choice
+    resolved: (boxes, scores, classes, threshold in the boxes' dtype, xla)."""
+    _check_params(threshold, max_output)
+    xla = _resolve_jit_compile(jit_compile)
+    boxes, scores, classes, checks = _check_inputs(boxes, scores, classes, batched=False)
+    threshold = tf.cast(threshold, boxes.dtype)
+    checks.append(tf.debugging.assert_all_finite(threshold, f"{name}: bad threshold."))
+    with tf.control_dependencies(checks):
+        boxes = tf.identity(boxes)
+    return boxes, scores, classes, threshold, xla
+
+
 def greedy_merge(
     boxes: tf.Tensor,
     scores: tf.Tensor,
@@ -258,13 +279,9 @@ def greedy_merge(
     Returns:
         `MergeResult` (padded to `max_output` rows, `num_merged` valid).
     """
-    _check_params(threshold, max_output)
-    xla = _resolve_jit_compile(jit_compile)
-    boxes, scores, classes, checks = _check_inputs(boxes, scores, classes, batched=False)
-    threshold = tf.cast(threshold, boxes.dtype)
-    checks.append(tf.debugging.assert_all_finite(threshold, "greedy_merge: bad threshold."))
-    with tf.control_dependencies(checks):
-        boxes = tf.identity(boxes)
+    boxes, scores, classes, threshold, xla = _prepared(
+        "greedy_merge", boxes, scores, classes, threshold, max_output, jit_compile
+    )
     return MergeResult(
         *merge_greedy.greedy_merge_graph(boxes, scores, classes, threshold, max_output, xla)
     )
@@ -356,13 +373,9 @@ def mutual_merge(
         accumulated score descending, ties by smallest member index); with
         `return_rounds`, `(MergeResult, rounds)`.
     """
-    _check_params(threshold, max_output)
-    xla = _resolve_jit_compile(jit_compile)
-    boxes, scores, classes, checks = _check_inputs(boxes, scores, classes, batched=False)
-    threshold = tf.cast(threshold, boxes.dtype)
-    checks.append(tf.debugging.assert_all_finite(threshold, "mutual_merge: bad threshold."))
-    with tf.control_dependencies(checks):
-        boxes = tf.identity(boxes)
+    boxes, scores, classes, threshold, xla = _prepared(
+        "mutual_merge", boxes, scores, classes, threshold, max_output, jit_compile
+    )
     *fields, rounds, _ = merge_mutual.mutual_merge_graph(
         boxes, scores, classes, threshold, max_output, xla
     )

@@ -11,3 +11,24 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    """A factory of tiny random-weight detection nets (3 classes + background, class-specific
+    regressor, He init): `tiny_net(seed)`, as train.py's localize stage leaves them."""
+    import keras
+
+    from overfeat_tf.models import OverFeat
+
+    def make(seed: int = 0, names: tuple[str, ...] = ("disk", "ring", "star")) -> OverFeat:
+        keras.utils.set_random_seed(seed)
+        return OverFeat(
+            "tiny",
+            class_names=list(names),
+            background=True,
+            regressor="class_specific",
+            kernel_initializer="he_normal",
+        )
+
+    return make

@@ -16,23 +16,15 @@ from PIL import Image
 from overfeat_tf import callbacks
 from overfeat_tf.decoders import NMSDecoder
 from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.models import OverFeat
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 NAMES = ["disk", "ring", "star"]
 FIGURE_CELLS = 5  # detections, score maps, box cloud, conv1 filters, curves
 
 
-def _tiny_run(directory: Path) -> Path:
+def _tiny_run(directory: Path, tiny_net) -> Path:
     """A run directory as train.py leaves it: model.keras and per-epoch logs."""
-    keras.utils.set_random_seed(3)
-    net = OverFeat(
-        "tiny",
-        class_names=NAMES,
-        background=True,
-        regressor="class_specific",
-        kernel_initializer="he_normal",
-    )
+    net = tiny_net(3, tuple(NAMES))
     # NMS rather than the greedy merge: the notebook does not depend on the decoder, and NMS
     # needs no XLA compile in the kernel (the merge's first one costs 10-20 s on 2 cores)
     detector = OverFeatDetector(
@@ -50,8 +42,8 @@ def _tiny_run(directory: Path) -> Path:
     return directory / "model.keras"
 
 
-def test_quickstart_runs_top_to_bottom_and_shows_every_figure(tmp_path, monkeypatch):
-    model_path = _tiny_run(tmp_path / "run")
+def test_quickstart_runs_top_to_bottom_and_shows_every_figure(tmp_path, monkeypatch, tiny_net):
+    model_path = _tiny_run(tmp_path / "run", tiny_net)
     monkeypatch.setenv("OVERFEAT_QUICKSTART_MODEL", str(model_path))  # the parameter cell's
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]

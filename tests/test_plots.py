@@ -18,21 +18,13 @@ from overfeat_tf.datasets import render_example
 from overfeat_tf.decoders import NMSDecoder
 from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.inference import level_probabilities
-from overfeat_tf.models import OverFeat
 
 NAMES = ["disk", "ring", "star"]
 
 
 @pytest.fixture(scope="module")
-def detector() -> OverFeatDetector:
-    keras.utils.set_random_seed(1)
-    net = OverFeat(
-        "tiny",
-        class_names=NAMES,
-        background=True,
-        regressor="class_specific",
-        kernel_initializer="he_normal",
-    )
+def detector(tiny_net) -> OverFeatDetector:
+    net = tiny_net(1, tuple(NAMES))
     # NMS rather than the greedy merge: the plots do not depend on the decoder, and NMS needs
     # no XLA compile (the merge's first one costs 10-20 s on 2 cores)
     decoder = NMSDecoder(max_detections=20)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,23 +18,15 @@ from overfeat_tf import cli, predict, quiet, serving
 from overfeat_tf.datasets import SHAPE_CLASSES, render_example
 from overfeat_tf.decoders import GreedyMergeDecoder
 from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.models import OverFeat
 
 NAMES = ["disk", "ring", "star"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict:
+def files(tmp_path_factory, tiny_net) -> dict:
     """A tiny random-weight detector as .keras and as an export, 2 sample images, 1 bad one."""
     root = tmp_path_factory.mktemp("predict")
-    keras.utils.set_random_seed(2)
-    net = OverFeat(
-        "tiny",
-        class_names=NAMES,
-        background=True,
-        regressor="class_specific",
-        kernel_initializer="he_normal",
-    )
+    net = tiny_net(2, tuple(NAMES))
     detector = OverFeatDetector(
         net, GreedyMergeDecoder(max_detections=20), scales=(231,), flips=False, max_boxes=300
     )

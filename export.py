@@ -20,10 +20,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from overfeat_tf.cli import quiet_tensorflow
-
-quiet_tensorflow()
-
 
 def _parser() -> argparse.ArgumentParser:
     from overfeat_tf.cli import add_option_arguments, command_parser

@@ -52,6 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _task_arguments(p, defaults)
+    _data_arguments(p, defaults)
+    _recipe_arguments(p, defaults)
+    _run_arguments(p, defaults)
+    return p.parse_args(argv)
+
+
+def _task_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
+    """The model, the task and where it starts from (transfer)."""
     p.add_argument("--model", choices=training.MODELS, default=defaults.model)
     p.add_argument(
         "--task",
@@ -107,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "l2: the paper's)",
     )
     p.add_argument("--train-size", type=int, default=None, help="detect/localize image side (px)")
+
+
+def _data_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
+    """The dataset and the run directory."""
     p.add_argument(
         "--dataset",
         default=None,
@@ -117,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-split", default=None, help="split to evaluate after every epoch")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default ~/tensorflow_datasets)")
     p.add_argument("--output", default=None, help="run directory (default runs/<model>)")
+
+
+def _recipe_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
+    """The optimization recipe: schedule, SGD, initialization, dropout."""
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: examples // batch")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch")
@@ -150,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="paper: N(0, 0.01); he_normal: He for every layer but fc8 (small nets learn faster)",
     )
     p.add_argument("--dropout", type=float, default=None, help="default: the model's (0.5)")
+
+
+def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
+    """How the run executes: dtype, distribution, seeds, input pipeline, limits, logging."""
     p.add_argument(
         "--mixed-precision",
         choices=training.MIXED_PRECISION,
@@ -169,7 +190,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2"
     )
-    return p.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:

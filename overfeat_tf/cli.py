@@ -166,15 +166,6 @@ def progress_bar(dataset: Any, max_examples: int | None, unit: str) -> Any:
     return keras.utils.Progbar(target, unit_name=unit.rstrip("s"))
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up messages (CUDA probing, CPU features, oneDNN):
-    `quiet.quiet_start` (importing `overfeat_tf` already does it; `OVERFEAT_TF_VERBOSE=1`
-    shows them again)."""
-    from overfeat_tf.quiet import quiet_start
-
-    quiet_start()
-
-
 def run(main: Callable[[], Any]) -> None:
     """Run a command's `main`, turning its `ValueError` / `FileNotFoundError` into one
     `error: ...` line on stderr and exit status 1 instead of a traceback."""

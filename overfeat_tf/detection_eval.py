@@ -396,5 +396,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.quiet_tensorflow()
     cli.run(main)

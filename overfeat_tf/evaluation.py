@@ -275,5 +275,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.quiet_tensorflow()
     cli.run(main)

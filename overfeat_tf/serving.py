@@ -88,7 +88,6 @@ from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, r
 from overfeat_tf.inference import classify_tensor
 from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import backbone_of
-from overfeat_tf.models import load_model as load_keras_model  # noqa: F401 (the CLI's)
 from overfeat_tf.pyramid import default_scales
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")

@@ -2,6 +2,7 @@
 and localization (§4.2).
 
 Usage:
+    python train.py --model tiny                   # the main job (--task all, below)
     python train.py --model fast                   # the paper's run on imagenet2012
     python train.py --model tiny --dataset overfeat_shapes/small --epochs 2 --batch-size 16
     python train.py --model accurate --strategy mirrored --mixed-precision auto
@@ -12,6 +13,15 @@ Usage:
     python train.py --model fast --task detect --init-model fast-imagenet.keras --dataset voc/2007
     python train.py --model fast --init-model fast-imagenet.keras --dataset my_photos \
         --adaptation-layers 1 --freeze-up-to fc7        # Oquab et al.: train FCa + fc8 only
+
+The main job (--task all; the default for tiny): classify -> detect -> localize on the
+generated overfeat_shapes/standard with tiny's recipe (overfeat_tf.main_job.TINY_RECIPE),
+then it evaluates the detector on 500 test images, exports it for TF Serving, draws
+pictures and prints a short report (--format json: one JSON object). Outputs in --output
+(default runs/tiny): <stage>/ runs, model.keras, export/, pictures/, report.json. Rerun the
+same command after a crash: finished stages are skipped, the interrupted one resumes. Its
+flags: --model, --dataset, --data-dir, --output, --max-examples, --pictures,
+--mixed-precision, --seed, --verbose, --format; recipe flags belong to single stages.
 
 Transfer: --init-model may have any label set. With the dataset's classes (same names, same
 order) and no transfer flags, every layer is copied (fc8 too); otherwise the layers up to
@@ -36,15 +46,21 @@ checkpoint, diverged.json): nothing of that epoch is written, model.keras includ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from overfeat_tf import training
+from overfeat_tf import cli, main_job, training
 from overfeat_tf.losses import BOX_LOSSES
 
 
 def _epochs_list(text: str) -> tuple[int, ...]:
     return tuple(int(e) for e in text.split(",") if e.strip())
+
+
+# the flags the main job takes; every other flag configures one stage
+MAIN_JOB_FLAGS = (
+    "model", "task", "dataset", "data_dir", "output", "max_examples", "pictures",
+    "mixed_precision", "seed", "verbose", "format",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +72,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _data_arguments(p, defaults)
     _recipe_arguments(p, defaults)
     _run_arguments(p, defaults)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.task is None:
+        args.task = "all" if args.model == "tiny" else "classify"
+    if args.task == "all":
+        stage_flags = sorted(
+            k for k, v in vars(args).items() if k not in MAIN_JOB_FLAGS and v != p.get_default(k)
+        )
+        if stage_flags:
+            flags = ", ".join("--" + k.replace("_", "-") for k in stage_flags)
+            p.error(
+                f"{flags}: recipe flags configure one stage, not the main job; run a stage "
+                "with --task classify|detect|localize, or leave them out"
+            )
+    return args
 
 
 def _task_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -> None:
@@ -64,10 +93,12 @@ def _task_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) 
     p.add_argument("--model", choices=training.MODELS, default=defaults.model)
     p.add_argument(
         "--task",
-        choices=training.TASKS,
-        default=defaults.task,
+        choices=(*training.TASKS, "all"),
+        default=None,
         help="classify (crops), detect (spatial, background class) or localize (box "
-        "regressor on the frozen trunk); run them in that order",
+        "regressor on the frozen trunk), run in that order; all: the main job (the three, "
+        "then evaluate, export, pictures, report). Default: all for tiny, classify for fast "
+        "and accurate",
     )
     p.add_argument(
         "--init-model",
@@ -190,6 +221,22 @@ def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -
     p.add_argument(
         "--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2"
     )
+    cli.add_format_argument(p)
+    job = p.add_argument_group("main job (--task all)")
+    job.add_argument(
+        "--max-examples",
+        type=int,
+        default=main_job.MainJob.max_examples,
+        metavar="N",
+        help="test images evaluated (default: %(default)s)",
+    )
+    job.add_argument(
+        "--pictures",
+        type=int,
+        default=main_job.MainJob.pictures,
+        metavar="N",
+        help="test images drawn with their detections (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
@@ -233,10 +280,28 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
     )
 
 
+def job_from_args(args: argparse.Namespace) -> main_job.MainJob:
+    return main_job.MainJob(
+        model=args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        output=args.output,
+        max_examples=args.max_examples,
+        pictures=args.pictures,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        progress=args.format == "text",  # JSON alone on stdout
+    )
+
+
 def main(args: argparse.Namespace) -> dict:
+    if args.task == "all":
+        result = main_job.run(job_from_args(args))
+        cli.print_result(result, args.format, main_job.format_report)
+        return result
     result = training.train(config_from_args(args))
-    print(training.summary_line(result), flush=True)
-    print(json.dumps(result, default=str), flush=True)
+    cli.print_result(result, args.format, training.summary_line)
     return result
 
 

@@ -30,7 +30,7 @@ detections alike. Errors are percentages of the labelled images evaluated; APs a
 [0, 1].
 
 Command (prints tables; `--format json` for one JSON object):
-    python -m overfeat_tf.detection_eval --model runs/localize/model.keras \
+    python -m overfeat_tf.detection_eval --model runs/tiny/model.keras \
         --dataset overfeat_shapes/standard --split test [--max-examples N] [--scales 247,327]
 """
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -197,6 +197,7 @@ def evaluate_detection(
     max_examples: int | None = None,
     progress: bool = False,
     decoders: dict[str, keras.layers.Layer] | None = None,
+    on_image: Callable[[int, tf.Tensor, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Localization error, AP / mAP (merge vs NMS) and classification errors on a split.
 
@@ -214,6 +215,9 @@ def evaluate_detection(
         progress: show a progress bar over the images on stderr.
         decoders: name -> decoder layer, all applied to the same dense boxes (default: "merge"
             and "nms", `default_decoders`).
+        on_image: called with each image's index, the image (`[H, W, 3]` float32 0..255)
+            and its detections (`DetectionEvaluator.__call__`'s dict: boxes normalized
+            yxyx), e.g. to draw a few without running the network again.
 
     Returns:
         A JSON-able dict: `examples`, `labelled_examples`, `objects`, `corrupt_records`,
@@ -241,6 +245,8 @@ def evaluate_detection(
         if tally.count == 0:
             first_image_seconds = time.monotonic() - start
         tally.add(out, gt_boxes.numpy(), gt_labels.numpy(), int(label))
+        if on_image is not None:
+            on_image(tally.count - 1, image, out)
         if bar is not None:
             bar.update(tally.count)
     seconds = time.monotonic() - start

@@ -302,8 +302,8 @@ def parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  python -m overfeat_tf.predict --write-samples samples\n"
-            "  python -m overfeat_tf.predict samples --model runs/localize/model.keras\n"
-            "  python -m overfeat_tf.predict photo.jpg --model serving/overfeat --format json"
+            "  python -m overfeat_tf.predict samples --model runs/tiny/model.keras\n"
+            "  python -m overfeat_tf.predict photo.jpg --model runs/tiny/export --format json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

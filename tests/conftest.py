@@ -32,3 +32,15 @@ def tiny_net():
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shapes_small_dir(tmp_path_factory):
+    """A TFDS data directory holding the generated `overfeat_shapes/small` (48 / 16 / 16)."""
+    import tensorflow_datasets as tfds
+
+    import overfeat_tf.datasets  # noqa: F401 (registers overfeat_shapes)
+
+    data_dir = tmp_path_factory.mktemp("tfds_small")
+    tfds.builder("overfeat_shapes/small", data_dir=str(data_dir)).download_and_prepare()
+    return data_dir

@@ -18,8 +18,8 @@ def _build(data_dir, name="overfeat_shapes/small", **kwargs):
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+def small_dir(shapes_small_dir):
+    return shapes_small_dir
 
 
 @pytest.fixture(scope="module")

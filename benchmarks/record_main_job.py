@@ -1,0 +1,101 @@
+"""Record a run of the README's main job in BENCHMARKS.md ("Main job").
+
+Usage (after `pip install -e . && python train.py --model tiny` in a fresh clone + venv):
+    python benchmarks/record_main_job.py --report runs/tiny/report.json \
+        --wall-seconds 1180 --how "fresh clone, fresh venv" [--write]
+
+Reads the job's `report.json` (`overfeat_tf.main_job.run`) and prints (`--write`: replaces)
+the section: the machine, wall time per stage (dataset generation included), and the three
+numbers against the targets of issue 11 (mAP@0.5 >= 0.5, localization error <= 25 %,
+multi-scale top-1 error <= 15 %, 20 minutes in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, write_section
+from overfeat_tf import main_job
+
+SECTION = "Main job"
+TARGETS = {  # name: (what, target, lower is better)
+    "map": ("detection mAP@0.5 (merge)", 0.5, False),
+    "localization_error": ("localization error % (5 guesses)", 25.0, True),
+    "top1_error": ("multi-scale top-1 error %", 15.0, True),
+}
+MINUTES_TARGET = 20.0
+
+
+def _meets(value: float | None, target: float, lower: bool) -> str:
+    if value is None:
+        return "n/a"
+    ok = value <= target if lower else value >= target
+    return "meets" if ok else "does NOT meet"
+
+
+def section(report: dict[str, Any], wall_seconds: float | None, how: str) -> str:
+    """The BENCHMARKS.md section (Markdown) of one main-job report."""
+    wall = wall_seconds if wall_seconds is not None else report["wall_seconds"]
+    steps = [("dataset generation", report["dataset_prepare"]["seconds"])]
+    steps += [(s["stage"], s["wall_seconds"]) for s in report["stages"]]
+    evaluated = report["evaluation"]
+    steps += [
+        ("evaluate (detection, localization, classification, pictures)", evaluated["seconds"]),
+        ("export", report["export"]["seconds"]),
+    ]
+    rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in steps)
+    numbers = main_job.summary(report)
+    results = "\n".join(
+        f"| {what} | {numbers[key]:.3f} | {'<=' if lower else '>='} {target:g} | "
+        f"{_meets(numbers[key], target, lower)} |"
+        for key, (what, target, lower) in TARGETS.items()
+    )
+    epochs = ", ".join(
+        f"{s['stage']} {s['epochs_run']} epochs / {s['final_step']} steps" for s in report["stages"]
+    )
+    detection = evaluated["detection"]
+    verdict = _meets(wall / 60, MINUTES_TARGET, True)
+    whole = f"**{wall:.0f}** ({wall / 60:.1f} min; target <= {MINUTES_TARGET:g} min: {verdict})"
+    return f"""Machine: {machine()}. Compute policy: {report["compute_policy"]}.
+Run: {how}; `pip install -e . && python train.py --model tiny` as the README's first block
+(the install not timed). Stages: {epochs} (`overfeat_tf.main_job.TINY_RECIPE`). Evaluation:
+the first {detection["examples"]} images of the {evaluated["split"]} split ({detection["objects"]}
+objects), detection pyramid {detection["options"]["scales"]}, classification scales
+{evaluated["classification"]["scales"]}.
+
+| step | wall time (s) |
+|---|---|
+{rows}
+| **the whole job** (`time`, process start to the report) | {whole} |
+
+| result | value | target (issue 11) | |
+|---|---|---|---|
+{results}
+
+Command: `python benchmarks/record_main_job.py --report runs/tiny/report.json --write`.
+"""
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--report", default="runs/tiny/report.json", help="the job's report.json")
+    p.add_argument("--wall-seconds", type=float, default=None, help="measured by `time`")
+    p.add_argument("--how", default="fresh clone, fresh venv", help="how the job was run")
+    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = p.parse_args(argv)
+    report = json.loads(Path(args.report).read_text())
+    text = section(report, args.wall_seconds, args.how)
+    print(text)
+    if args.write:
+        write_section(SECTION, text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 
-from benchmarks.common import BENCHMARKS_MD, machine, write_section
+from benchmarks.common import BENCHMARKS_MD, add_tiny_recipe_arguments, machine, write_section
 from overfeat_tf import evaluation, precision, tfds_io, training
 from overfeat_tf.pyramid import parse_scales
 
@@ -63,24 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="run directory (default: a temporary one)")
     p.add_argument("--train-minutes", type=float, default=15.0)
     p.add_argument("--epochs", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--lr-decay-epochs", default="30,40,45")
-    p.add_argument("--lr-decay-factor", type=float, default=0.3)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--init", default="he_normal", choices=sorted(training.INITS))
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--short-side", type=int, default=231)
-    p.add_argument(
-        "--mixed-precision",
-        default="auto",
-        choices=(*precision.PRECISIONS, "none"),
-        help="auto: bf16 only where the CPU has bf16 units; none = float32",
-    )
-    p.add_argument("--scales", default="231,247,263,279,295,311", help="evaluation scales")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-eval", type=int, default=None, help="evaluate N test images only")
+    add_tiny_recipe_arguments(p)
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     return p.parse_args(argv)
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 import tensorflow as tf
 
-from benchmarks.common import machine, write_section
+from benchmarks.common import add_tiny_recipe_arguments, machine, write_section
 from overfeat_tf import atomic, data, evaluation, precision, tfds_io, training
 from overfeat_tf.models import load_model
 from overfeat_tf.pyramid import parse_scales
@@ -184,23 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {ARMS}")
     p.add_argument("--phases", type=int, default=16, help="Keras epochs per run")
     p.add_argument("--lr-decay-phases", default="10,13,15")
-    p.add_argument("--lr-decay-factor", type=float, default=0.3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--init", default="he_normal", choices=sorted(training.INITS))
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--short-side", type=int, default=231)
-    p.add_argument(
-        "--mixed-precision",
-        default="auto",
-        choices=(*precision.PRECISIONS, "none"),
-        help="auto: bf16 only where the CPU has bf16 units; none = float32",
-    )
-    p.add_argument("--scales", default="231,247,263,279,295,311", help="6 evaluation scales")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-eval", type=int, default=None, help="evaluate N test images only")
+    add_tiny_recipe_arguments(p)
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     p.add_argument("--report", default=None, help="also write the JSON report here")
     p.add_argument("--render", default=None, help="rewrite the section from this report")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import re
@@ -9,9 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import tensorflow as tf
+from overfeat_tf import atomic, precision  # first: importing it quiets TF's C++ start-up
 
-from overfeat_tf import atomic, precision
+# isort: split
+import tensorflow as tf
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -63,3 +65,28 @@ def write_section(title: str, body: str) -> None:
         else text.rstrip() + "\n\n" + section
     )
     atomic.write_text(BENCHMARKS_MD, text)
+
+
+def add_tiny_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tiny classification recipe's flags shared by the classification benchmarks
+    (`--batch-size` .. `--max-eval`; their schedule flags are their own)."""
+    from overfeat_tf import precision, training
+
+    p = parser
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr-decay-factor", type=float, default=0.3)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--init", default="he_normal", choices=sorted(training.INITS))
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--short-side", type=int, default=231)
+    p.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=(*precision.PRECISIONS, "none"),
+        help="auto: bf16 only where the CPU has bf16 units; none = float32",
+    )
+    p.add_argument("--scales", default="231,247,263,279,295,311", help="6 evaluation scales")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-eval", type=int, default=None, help="evaluate N test images only")

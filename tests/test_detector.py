@@ -335,8 +335,8 @@ def test_readme_notebook_section_runs_as_written(tmp_path, monkeypatch):
     section = text.split("## Using a model in a notebook", 1)[1]
     code = section.split("```python", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
-    os.makedirs("runs/localize")
-    _detector("localize").save("runs/localize/model.keras")
+    os.makedirs("runs/tiny")
+    _detector("localize").save("runs/tiny/model.keras")
     keras.utils.save_img("image.jpg", skimage_data.chelsea())
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)

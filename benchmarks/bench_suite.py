@@ -17,10 +17,11 @@ peak measurement, so a change of load on the shared machine hits both.
 3. training: `train_on_batch` of `recipe.compile_crop_model` (the package's training step),
    3 x forward FLOPs over the float32 peak (>= 60 % for fast).
 4. pipeline: `data.training_dataset` alone, images/s against the training step's (>= 2x).
-5. serving: the detector's decoder served (SavedModel, plain TF) as % of the forward pass
-   (<= 10 % fast / accurate, <= 100 % tiny), tiny's served latency (<= 2x forward), the
-   decoder's dependent loop iterations for 4000 boxes (<= 64), first calls in a fresh process
-   (<= 5 s), 4 concurrent clients (throughput >= one client's, same answers, no crash).
+5. serving (`suite_serving.py`): the detector's decoder served (SavedModel, plain TF) as % of
+   the forward pass (<= 10 % fast / accurate, <= 100 % tiny), tiny's served latency (<= 2x
+   forward), the decoder's dependent loop iterations for 4000 boxes (<= 64), first calls in
+   a fresh process (<= 5 s), 4 concurrent clients (throughput >= one client's, same answers,
+   no crash). Where tiny's served time goes: `profile_serving.py`.
 Everything goes through the public API (`OverFeatDetector`, `serving.export_model`, the
 detector's `prediction_decoder`), so it measures whatever decoder the detector uses.
 """
@@ -31,12 +32,8 @@ import argparse
 import dataclasses
 import json
 import os
-import queue
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,19 +46,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.bench_merge import make_box_set
 from benchmarks.bench_serving import test_jpeg
 from benchmarks.common import machine, matmul_peak, write_section
-from overfeat_tf import atomic, data, flops, merge, precision, recipe, serving, tfds_io, training
+from overfeat_tf import atomic, data, flops, precision, recipe, tfds_io, training
 from overfeat_tf.config import TINY, ConvSpec
-from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.models import OverFeat
 from overfeat_tf.pyramid import default_scales
 
 PARTS = ("inference", "dense", "training", "pipeline", "serving")
 IMAGE_HW = (480, 640)
-SERVE_CLASSES = 20
 
 
 @dataclasses.dataclass
@@ -422,251 +416,14 @@ batch remain per image. TFDS preparation of overfeat_shapes/small (first use onl
     return section
 
 
-# --- 5. merge and serving -----------------------------------------------------------------------
-
-
-class _Decoder(tf.Module):
-    """The detector's prediction decoder alone, to save as a SavedModel."""
-
-    def __init__(self, decoder: keras.layers.Layer) -> None:
-        super().__init__()
-        self.decoder = decoder
-        specs = [tf.TensorSpec([None, 4]), tf.TensorSpec([None]), tf.TensorSpec([None], tf.int32)]
-        self.decode = tf.function(lambda b, s, c: decoder(b, s, c), input_signature=specs)
-
-
-def _clustered_boxes(budget: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The `budget` most confident boxes of `bench_merge.make_box_set` (the accurate net's 6
-    scales x 2 flips, top-5 classes: clusters on 3 objects + scattered windows), normalized."""
-    box_set = make_box_set(seed=0, top_k=5)
-    keep = np.argsort(-box_set["scores"], kind="stable")[:budget]
-    scale = np.array([*IMAGE_HW, *IMAGE_HW], np.float32)
-    boxes, scores = box_set["boxes"][keep] / scale, box_set["scores"][keep]
-    return tf.constant(boxes), tf.constant(scores), tf.constant(box_set["classes"][keep])
-
-
-def _serve_case(arch: str, s: Settings, tmp: Path, clustered: tuple) -> dict[str, Any]:
-    net = _net(arch, num_classes=SERVE_CLASSES, regressor="class_specific", background=True)
-    detector = OverFeatDetector(net, scales=s.scales(arch))
-    jpeg = test_jpeg()
-    image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
-    export = serving.export_model(detector, tmp / arch)
-    served = tf.saved_model.load(str(export)).signatures["serving_default"]
-    with merge.jit_compile_default(False):  # as an export traces it: plain TF
-        tf.saved_model.save(_Decoder(detector.prediction_decoder), str(tmp / f"{arch}_decoder"))
-    decoder = tf.saved_model.load(str(tmp / f"{arch}_decoder"))
-    forward = tf.function(lambda im: detector.dense_boxes(detector.levels(im)))
-    own = forward(image)[:3]
-    fns = {
-        "served": lambda: served(images=tf.constant([jpeg])),
-        "forward": lambda: forward(image),
-        "merge, own boxes": lambda: decoder.decode(*own),
-        "merge, clustered": lambda: decoder.decode(*clustered),
-    }
-    times = interleaved(fns, s.repeats)
-    return {"export": export, "detector": detector, "boxes": int(own[1].shape[0]), "s": times}
-
-
-def _loop_iterations(decoder: keras.layers.Layer, boxes: tuple) -> tuple[list[str], int | None]:
-    """The decoder's dependent loop iterations on `boxes`, if it exposes them: an output
-    whose name holds "round" or "iteration", or a `loop_iterations(boxes, scores, classes)`
-    method. For reference, those of the package's merges (sequential greedy: one per merge
-    at least; `merge.mutual_merge`: its rounds + the final one) and whether the decoder's
-    detections equal theirs."""
-    out = decoder(*boxes)
-    keys = [k for k in out if "round" in k or "iteration" in k]
-    value = int(out[keys[0]]) if keys else None
-    if value is None and callable(getattr(decoder, "loop_iterations", None)):
-        keys, value = ["loop_iterations()"], int(decoder.loop_iterations(*boxes))
-    name = type(decoder).__name__
-    lines = [f"`{name}` reports `{keys[0]}` = {value}" if keys else f"`{name}` exposes none"]
-    n, d = int(boxes[1].shape[0]), int(out["num_detections"])
-    threshold = getattr(decoder, "merge_threshold", merge.MERGE_THRESHOLD)
-    greedy = merge.greedy_merge(*boxes, threshold, max_output=n)
-    found = {"sequential greedy `merge.greedy_merge`, merges": (greedy, n - int(greedy.num_merged))}
-    if hasattr(merge, "mutual_merge"):
-        mutual, rounds = merge.mutual_merge(*boxes, threshold, max_output=n, return_rounds=True)
-        found["`merge.mutual_merge`, rounds with merges + 1"] = (mutual, int(rounds) + 1)
-    for label, (result, count) in found.items():
-        same = d == min(int(result.num_merged), decoder.max_detections) and np.allclose(
-            out["detection_scores"][:d], result.scores[:d], rtol=1e-5
-        )
-        lines.append(f"{label}: {count} (the decoder's detections {'equal' if same else 'differ'})")
-    return lines, value
-
-
-_FRESH = r"""
-import json, sys, time
-start = time.perf_counter()
-import tensorflow as tf, overfeat_tf
-t = {"import_s": time.perf_counter() - start}
-mode, path, *images = sys.argv[1:]
-def timed(key, fn):
-    s = time.perf_counter(); out = fn(); t[key] = time.perf_counter() - s; return out
-if mode == "detect":
-    model = timed("load_s", lambda: overfeat_tf.load_model(path))
-    for key, image in zip(("first_call_s", "other_size_s"), images):
-        timed(key, lambda: overfeat_tf.detect(model, image))
-else:
-    fn = timed("load_s", lambda: tf.saved_model.load(path).signatures["serving_default"])
-    for key, image in zip(("first_call_s", "other_size_s"), images):
-        data = open(image, "rb").read()
-        timed(key, lambda: fn(images=tf.constant([data]))["num_detections"].numpy())
-print(json.dumps(t))
-"""
-
-
-def _fresh_process(mode: str, path: Path, images: list[Path]) -> dict[str, float]:
-    args = [sys.executable, "-c", _FRESH, mode, str(path), *map(str, images)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"fresh-process {mode} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _requests(count: int) -> list[list[bytes]]:
-    """Batches of 1-3 mixed-size JPEGs; every 4th request holds one bad image."""
-    sizes = [(240, 320), (320, 400), (300, 300), (400, 300), (256, 512)]
-    bad = [b"", b"not an image", test_jpeg((200, 200))[:300]]  # empty, unknown, truncated
-    out = []
-    for r in range(count):
-        batch = [test_jpeg(sizes[(r + i) % 5], seed=3 * r + i) for i in range(1 + r % 3)]
-        if r % 4 == 2:
-            batch[-1] = bad[(r // 4) % len(bad)]
-        out.append(batch)
-    return out
-
-
-def _answer(fn: Any, batch: list[bytes]) -> Any:
-    try:
-        return {k: v.numpy() for k, v in fn(images=tf.constant(batch)).items()}
-    except tf.errors.InvalidArgumentError as error:
-        return "error: " + error.message.strip().splitlines()[0]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
-        return a == b
-    return all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def _concurrency(fn: Any, requests: list[list[bytes]], clients: int = 4) -> dict[str, Any]:
-    """Images/s of one client and of `clients` threads sharing the same requests, the
-    threads' answers compared with the sequential ones, the model checked after."""
-    images = sum(len(r) for r in requests)
-    [_answer(fn, r) for r in requests]  # warm-up
-    start = time.perf_counter()
-    sequential = [_answer(fn, r) for r in requests]
-    one = images / (time.perf_counter() - start)
-    work: queue.Queue = queue.Queue()
-    for i in range(len(requests)):
-        work.put(i)
-    answers: dict[int, Any] = {}
-    crashes: list[str] = []
-
-    def client() -> None:
-        while True:
-            try:
-                i = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                answers[i] = _answer(fn, requests[i])
-            except Exception as error:  # anything but a clean InvalidArgumentError
-                crashes.append(f"{type(error).__name__}: {error}")
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    many = images / (time.perf_counter() - start)
-    equal = sum(_same(sequential[i], answers.get(i)) for i in range(len(requests)))
-    return {"images": images, "requests": len(requests), "one_client": one, "clients": many,
-            "equal": equal, "bad": sum(isinstance(a, str) for a in sequential),
-            "crashes": crashes, "alive": not isinstance(_answer(fn, requests[0]), str)}  # fmt: skip
+# --- 5. merge and serving (benchmarks/suite_serving.py) ------------------------------------------
 
 
 def part_serving(s: Settings, results: dict) -> Section:
-    clustered = _clustered_boxes(1000 if s.quick else DetectionOptions().max_boxes)
-    section = Section(
-        "Suite: merge and serving",
-        f"""Per model (random he_normal weights, {SERVE_CLASSES} classes + background,
-class-specific regressor; the detector's defaults: scales x 2 flips, fine stride, top-5,
-{DetectionOptions().max_boxes}-box budget, its `prediction_decoder`), on one 320x400 JPEG:
-"served" = the exported `serving_default` (`serving.export_model`, `tf.saved_model.load`);
-"forward" = pyramid + network + box decoding (`dense_boxes(levels(image))`, a `tf.function`);
-"merge" = the decoder alone, saved as a SavedModel (plain TF, as served) and loaded, on the
-forward pass's own boxes (random weights: hardly clustered) and on a clustered set of
-{int(clustered[1].shape[0])} boxes (`bench_merge.make_box_set`: the accurate net's 6 scales x
-2 flips, top-5 classes, 3 objects + scattered windows, the most confident). Interleaved.""",
-        ["model", "own boxes", "served s", "forward s", "merge s, own boxes",
-         "merge s, clustered", "merge / forward, own / clustered", "served / forward"],
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        for arch in ("tiny",) if s.quick else ("tiny", "fast", "accurate"):
-            r = _serve_case(arch, s, tmp, clustered)
-            section.data[arch] = {"boxes": r["boxes"], "seconds": r["s"]}
-            t = {k: _med(v) for k, v in r["s"].items()}
-            own, clus = t["merge, own boxes"] / t["forward"], t["merge, clustered"] / t["forward"]
-            cells = [mmm(v) for v in r["s"].values()]
-            ratios = [f"{_pct(own)} / {_pct(clus)}", _x(t["served"] / t["forward"])]
-            section.rows.append([arch, r["boxes"], *cells, *ratios])
-            limit = 1.0 if arch == "tiny" else 0.10
-            for label, value in (("own boxes", own), ("clustered", clus)):
-                what = f"{arch} served merge / forward, {label}"
-                section.targets.append(verdict(what, value, limit, False, _pct))
-            if arch == "tiny":
-                served = t["served"] / t["forward"]
-                section.targets.append(verdict("tiny served / forward", served, 2.0, False, _x))
-                _serving_extras(s, section, r, tmp, clustered)
-    return section
+    """Part 5, `suite_serving.part_serving` (imported here: it imports this module)."""
+    from benchmarks.suite_serving import part_serving as run
 
-
-def _serving_extras(s: Settings, section: Section, tiny: dict, tmp: Path, boxes: tuple) -> None:
-    """Loop iterations, first calls in fresh processes and concurrency, on tiny."""
-    decoder = tiny["detector"].prediction_decoder
-    lines, value = _loop_iterations(decoder, boxes)
-    n = int(boxes[1].shape[0])
-    section.notes.append(f"Dependent loop iterations, {n} clustered boxes: " + "; ".join(lines))
-    what = f"`{type(decoder).__name__}` dependent loop iterations, {n} boxes"
-    if value is None:
-        section.targets.append(f"{what}: NOT MEASURED (the decoder does not expose them)")
-    else:
-        section.targets.append(verdict(what, value, 64, False, lambda v: f"{v:.0f}"))
-    images = [tmp / "a.jpg", tmp / "b.jpg"]
-    for path, size in zip(images, ((320, 400), (300, 500)), strict=True):
-        path.write_bytes(test_jpeg(size))
-    tiny["detector"].save(tmp / "tiny.keras")
-    fresh = {
-        "notebook `overfeat_tf.detect` of a .keras detector": ("detect", tmp / "tiny.keras"),
-        "the export's first request": ("serve", tiny["export"]),
-    }
-    for label, (mode, path) in fresh.items():
-        t = section.data[mode] = _fresh_process(mode, path, images)
-        section.notes.append(
-            f"Fresh process, tiny, {label}: import {t['import_s']:.1f} s, load "
-            f"{t['load_s']:.1f} s, first call (320x400) {t['first_call_s']:.2f} s, then a "
-            f"300x500 image {t['other_size_s']:.2f} s."
-        )
-        what = f"first call in a fresh process, {label}"
-        section.targets.append(verdict(what, t["first_call_s"], 5.0, False, lambda v: f"{v:.2f} s"))
-    served = tf.saved_model.load(str(tiny["export"])).signatures["serving_default"]
-    c = section.data["concurrency"] = _concurrency(served, _requests(4 if s.quick else 12))
-    section.notes.append(
-        f"4 concurrent clients (threads sharing one loaded SavedModel) over {c['requests']} "
-        f"requests of 1-3 mixed-size JPEGs ({c['images']} images; {c['bad']} of the requests "
-        f"hold a bad image and get an InvalidArgumentError): {c['clients']:.2f} images/s vs "
-        f"{c['one_client']:.2f} for one client; answers equal to the sequential ones (bitwise; "
-        f"errors by message) {c['equal']}/{c['requests']}; crashes {len(c['crashes'])}; the "
-        f"model answers afterwards: {c['alive']}."
-    )
-    ratio = c["clients"] / c["one_client"]
-    section.targets.append(verdict("4 clients' throughput / one client's", ratio, 1.0, True, _x))
-    ok = c["equal"] == c["requests"] and not c["crashes"] and c["alive"]
-    section.targets.append(f"4 clients: same answers, no crash: {'met' if ok else 'MISSED'}")
+    return run(s, results)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -706,4 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `benchmarks.bench_suite`, the module `suite_serving` imports (one copy of it).
+    from benchmarks import bench_suite
+
+    sys.exit(bench_suite.main())

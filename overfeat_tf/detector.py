@@ -38,6 +38,7 @@ from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder, make_decoder
 from overfeat_tf.detection import DetectionOptions, kept_boxes, level_boxes
 from overfeat_tf.image_io import load_image
 from overfeat_tf.inference import LevelOutput, run_levels
+from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat, backbone_of
 
 TOP_CLASSES = 5
@@ -304,13 +305,26 @@ def as_detector(model: Any, **overrides: Any) -> OverFeatDetector:
 
 
 def _compiled(detector: OverFeatDetector) -> Any:
-    """One traced `detect_image` per detector (any image size), dropped with the detector."""
+    """One traced `detect_image` per detector (any image size), dropped with the detector.
+
+    Made for a notebook's first call (BENCHMARKS.md, "Suite: the missed targets"): traced
+    without AutoGraph (the pipeline is TF ops over Python lists, no Python control flow on
+    tensors; converting its ~170 functions was half of the tracing) and with the merge in
+    plain TF unless the decoder asks for XLA (`jit_compile=True`): no XLA compile per block
+    width on the first images, for a slower merge afterwards (tiny: ~0.15 s more per image).
+    """
     if detector not in _FUNCTIONS:
         ref = weakref.ref(detector)
+
+        def detect_one(image: tf.Tensor) -> dict[str, tf.Tensor]:
+            with jit_compile_default(False):
+                return ref().detect_image(image)
+
         _FUNCTIONS[detector] = tf.function(
-            lambda image: ref().detect_image(image),
+            detect_one,
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
             reduce_retracing=True,
+            autograph=False,
         )
     return _FUNCTIONS[detector]
 

@@ -42,7 +42,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 
-from benchmarks.common import BENCHMARKS_MD, add_tiny_recipe_arguments, machine, write_section
+from benchmarks.common import (
+    BENCHMARKS_MD,
+    add_tiny_recipe_arguments,
+    machine,
+    tiny_recipe_fields,
+    write_section,
+)
 from overfeat_tf import evaluation, precision, tfds_io, training
 from overfeat_tf.pyramid import parse_scales
 
@@ -85,20 +91,10 @@ def run(args: argparse.Namespace) -> dict:
         data_dir=args.data_dir,
         output=output,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        momentum=args.momentum,
         lr_decay_epochs=tuple(int(e) for e in args.lr_decay_epochs.split(",") if e),
-        lr_decay_factor=args.lr_decay_factor,
-        weight_decay=args.weight_decay,
-        init=args.init,
-        dropout=args.dropout,
-        short_side=args.short_side,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        cache=True,
         time_limit=args.train_minutes * 60,
         verbose=2,
+        **tiny_recipe_fields(args),
     )
     result = training.train(config)
     model = keras.models.load_model(result["model_path"])

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 import tensorflow as tf
 
-from benchmarks.common import add_tiny_recipe_arguments, machine, write_section
+from benchmarks.common import add_tiny_recipe_arguments, machine, tiny_recipe_fields, write_section
 from overfeat_tf import atomic, data, evaluation, precision, tfds_io, training
 from overfeat_tf.models import load_model
 from overfeat_tf.pyramid import parse_scales
@@ -242,19 +242,9 @@ def _config(args: argparse.Namespace, output: Path, steps: int, decay, **kwargs)
         output=str(output),
         epochs=args.phases,
         steps_per_epoch=steps // args.phases,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        momentum=args.momentum,
         lr_decay_epochs=decay,
-        lr_decay_factor=args.lr_decay_factor,
-        weight_decay=args.weight_decay,
-        init=args.init,
-        dropout=args.dropout,
-        short_side=args.short_side,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        cache=True,
         verbose=0,
+        **tiny_recipe_fields(args),
         **kwargs,
     )
 

@@ -90,3 +90,20 @@ def add_tiny_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", default="231,247,263,279,295,311", help="6 evaluation scales")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-eval", type=int, default=None, help="evaluate N test images only")
+
+
+def tiny_recipe_fields(args: argparse.Namespace) -> dict:
+    """The `TrainConfig` fields of `add_tiny_recipe_arguments`' flags (images cached)."""
+    return {
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "momentum": args.momentum,
+        "lr_decay_factor": args.lr_decay_factor,
+        "weight_decay": args.weight_decay,
+        "init": args.init,
+        "dropout": args.dropout,
+        "short_side": args.short_side,
+        "mixed_precision": args.mixed_precision,
+        "seed": args.seed,
+        "cache": True,
+    }

@@ -28,6 +28,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -404,15 +405,22 @@ def _fit(
     if run.chief:
         atomic.write_json(run.output / "train_config.json", dataclasses.asdict(config))
     train_data, val_data = inputs
-    history = trained.fit(
-        train_data,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_data,
-        callbacks=callback_list,
-        verbose=config.verbose,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
+    with warnings.catch_warnings():
+        if val_data is not None:
+            # The validation split is read once per epoch without a known length (corrupt
+            # records are dropped), and Keras warns "Your input ran out of data" whenever it
+            # discovers a length that way (fixed upstream by keras-team/keras#23360). The
+            # training input repeats forever, so the warning can only be that false alarm.
+            warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+        history = trained.fit(
+            train_data,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            validation_data=val_data,
+            callbacks=callback_list,
+            verbose=config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
     return history, timer
 
 

@@ -52,6 +52,10 @@ from overfeat_tf import cli, main_job, training
 from overfeat_tf.losses import BOX_LOSSES
 
 
+def _verbosity(text: str) -> str | int:
+    return text if text == "auto" else int(text)
+
+
 def _epochs_list(text: str) -> tuple[int, ...]:
     return tuple(int(e) for e in text.split(",") if e.strip())
 
@@ -219,7 +223,10 @@ def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -
     p.add_argument("--cache", action="store_true", help="keep decoded, rescaled images in memory")
     p.add_argument("--time-limit", type=float, default=None, help="stop after N seconds")
     p.add_argument(
-        "--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2"
+        "--verbose",
+        type=_verbosity,
+        default="auto",
+        help="Keras verbosity: auto, 0, 1 (progress bar), 2",
     )
     cli.add_format_argument(p)
     job = p.add_argument_group("main job (--task all)")
@@ -240,7 +247,6 @@ def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
-    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     return training.TrainConfig(
         model=args.model,
         task=args.task,
@@ -276,7 +282,7 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         shuffle_buffer=args.shuffle_buffer,
         cache=args.cache,
         time_limit=args.time_limit,
-        verbose=verbose,
+        verbose=args.verbose,
     )
 
 
@@ -290,7 +296,7 @@ def job_from_args(args: argparse.Namespace) -> main_job.MainJob:
         pictures=args.pictures,
         mixed_precision=args.mixed_precision,
         seed=args.seed,
-        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        verbose=args.verbose,
         progress=args.format == "text",  # JSON alone on stdout
     )
 

@@ -127,10 +127,11 @@ class MainJob:
 
     @property
     def dataset_name(self) -> str:
+        """The TFDS name, with its config (the report names what was generated)."""
         if self.dataset:
             return self.dataset
         default = training.DEFAULT_DATASETS[self.model]
-        return "overfeat_shapes/standard" if default == "overfeat_shapes" else default
+        return f"{default}/standard" if default == tfds_io.GENERATED_DATASET else default
 
     @property
     def output_dir(self) -> Path:
@@ -138,7 +139,7 @@ class MainJob:
 
     @property
     def is_shapes(self) -> bool:
-        return self.dataset_name.split("/")[0] == "overfeat_shapes"
+        return self.dataset_name.split("/")[0] == tfds_io.GENERATED_DATASET
 
 
 def stage_config(job: MainJob, stage: str, init_model: str | None) -> training.TrainConfig:
@@ -166,10 +167,8 @@ def _say(text: str) -> None:
 def prepare_dataset(job: MainJob) -> dict[str, Any]:
     """Load (generating or preparing it the first time) the dataset; its sizes and time."""
     start = time.monotonic()
-    base = job.dataset_name.split("/")[0]
-    generated = base == "overfeat_shapes"
     where = tfds_io.default_data_dir(job.data_dir)
-    if generated and not (where / base).exists():
+    if job.is_shapes and not (where / tfds_io.GENERATED_DATASET).exists():
         _say(f"Generating {job.dataset_name} in {where} (the first time only, a few minutes).")
     builder = tfds_io.load_builder(job.dataset_name, job.data_dir)
     splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
@@ -237,7 +236,8 @@ def _eval_split(job: MainJob, splits: dict[str, int]) -> str:
 
 class _PictureDrawer:
     """Draws the merge's detections of the first `count` evaluated images (boxes
-    normalized yxyx in, pixels on the picture) into `folder` (an `on_image` hook)."""
+    normalized yxyx in, `plots.pixel_detections` to pixels) into `folder` (an `on_image`
+    hook)."""
 
     def __init__(self, folder: Path, count: int, names: list[str], split: str) -> None:
         self.folder, self.count, self.names, self.split = folder, count, names, split
@@ -252,12 +252,11 @@ class _PictureDrawer:
         start = time.monotonic()
         pixels = np.asarray(image)
         merged = out["merge"]
-        scale = np.array(pixels.shape[:2] * 2, np.float32)  # [h, w, h, w]
-        found = {
-            "boxes": merged["boxes"] * scale,
-            "scores": merged["scores"],
-            "classes": merged["classes"],
-            "class_names": [self.names[int(c)] for c in merged["classes"]],
+        found = {  # the detector's output names
+            "detection_boxes": merged["boxes"],
+            "detection_scores": merged["scores"],
+            "detection_classes": merged["classes"],
+            "detection_class_names": [self.names[int(c)] for c in merged["classes"]],
         }
         path = self.folder / f"detections_{index}.png"
         title = f"{self.split} image {index}: the 5 best merged boxes"

@@ -29,6 +29,7 @@ import tensorflow as tf
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.cli import option
 from overfeat_tf.decoders import COMBINE, MERGE_ALGORITHMS
+from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 from overfeat_tf.inference import LevelOutput, level_probabilities, spatial_max
 from overfeat_tf.layers import STRIDES
 from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD
@@ -46,6 +47,9 @@ class DetectionOptions:
         top_k: classes kept per level (by spatial max of their probability).
         score_threshold: windows whose class probability is below this predict no box.
         max_boxes: at most this many boxes (the most confident) go into the merge.
+        max_aspect_ratio: no pyramid level is more elongated than this (long side / short
+            side): a longer image is squeezed to it, so a level's cost is bounded by its
+            scale alone (`pyramid.max_level_size`).
         merge_threshold: `t` of the greedy merge (`merge.MERGE_THRESHOLD`).
         merge_algorithm: "rounds" (mutual best matches merge together, `merge.mutual_merge`)
             or "sequential" (one merge per step, `merge.greedy_merge`).
@@ -66,6 +70,11 @@ class DetectionOptions:
     top_k: int = option(5, "classes per scale that predict boxes")
     score_threshold: float = option(0.01, "windows below this class probability predict no box")
     max_boxes: int = option(4000, "boxes into the merge, at most (the most confident)")
+    max_aspect_ratio: float = option(
+        DEFAULT_MAX_ASPECT_RATIO,
+        "pyramid levels are at most this elongated (long side / short side); a longer image "
+        "is squeezed to it, which bounds what any image costs",
+    )
     merge_threshold: float = option(MERGE_THRESHOLD, "merge threshold t (lower = fewer merges)")
     merge_algorithm: str = option(
         "rounds",
@@ -92,6 +101,7 @@ class DetectionOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        object.__setattr__(self, "max_aspect_ratio", check_aspect_ratio(self.max_aspect_ratio))
         if not 0 <= self.score_threshold < 1:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}.")
         if self.merge_threshold <= 0:

@@ -36,13 +36,21 @@ import tensorflow as tf
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder, make_decoder
 from overfeat_tf.detection import DetectionOptions, kept_boxes, level_boxes
-from overfeat_tf.image_io import load_image
+from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
 from overfeat_tf.inference import LevelOutput, run_levels
 from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat, backbone_of
 
 TOP_CLASSES = 5
-_BOX_FIELDS = ("scales", "flips", "stride", "top_k", "score_threshold", "max_boxes")
+_BOX_FIELDS = (
+    "scales",
+    "flips",
+    "stride",
+    "top_k",
+    "score_threshold",
+    "max_boxes",
+    "max_aspect_ratio",
+)
 _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # detector -> tf.function
 
 
@@ -100,6 +108,10 @@ class OverFeatDetector(keras.Model):
         top_k: classes per level whose windows predict boxes.
         score_threshold: windows below this class probability predict no box.
         max_boxes: at most this many boxes (the most confident) go into the decoder.
+        max_aspect_ratio: no pyramid level is more elongated than this (long / short side;
+            a longer image is squeezed to it): with int scales S, a level has at most
+            `S * floor(S * max_aspect_ratio)` pixels whatever the image
+            (`pyramid.max_level_size`).
 
     Example:
         >>> net = overfeat_tf.OverFeat("tiny", num_classes=3, regressor="class_specific")
@@ -119,6 +131,7 @@ class OverFeatDetector(keras.Model):
         top_k: int = 5,
         score_threshold: float = 0.01,
         max_boxes: int = 4000,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "overfeat_detector")
@@ -131,13 +144,16 @@ class OverFeatDetector(keras.Model):
                 f"{type(decoder).__name__}."
             )
         self.prediction_decoder = decoder
-        checked = DetectionOptions(scales, flips, stride, top_k, score_threshold, max_boxes)
+        checked = DetectionOptions(
+            scales, flips, stride, top_k, score_threshold, max_boxes, max_aspect_ratio
+        )
         self.scales = checked.scales
         self.flips = flips
         self.stride = stride
         self.top_k = top_k
         self.score_threshold = float(score_threshold)
         self.max_boxes = max_boxes
+        self.max_aspect_ratio = checked.max_aspect_ratio
         self.jit_compile = False  # the pyramid's sizes are dynamic: no XLA for the whole step
         self.built = True
 
@@ -200,7 +216,9 @@ class OverFeatDetector(keras.Model):
         image = tf.convert_to_tensor(image)
         if image.shape.rank != 3:
             raise ValueError(f"Expected one image [H, W, 3], got shape {image.shape}.")
-        return run_levels(self.backbone, image, self.scales, self.flips, self.stride)
+        return run_levels(
+            self.backbone, image, self.scales, self.flips, self.stride, self.max_aspect_ratio
+        )
 
     def dense_boxes(
         self, levels: list[LevelOutput], top_k: int | None = None
@@ -278,6 +296,7 @@ class OverFeatDetector(keras.Model):
             "top_k": self.top_k,
             "score_threshold": self.score_threshold,
             "max_boxes": self.max_boxes,
+            "max_aspect_ratio": self.max_aspect_ratio,
         }
 
     @classmethod

@@ -8,9 +8,10 @@
 `decode_image` reads the size from the file header *before* decoding, so an image over the
 pixel bound fails with a clear `InvalidArgumentError` instead of allocating it, and every
 other bad input (empty string, unknown format, zero-sized image, unsupported BMP, corrupt
-data) fails with a message that names the problem. Only core TF ops: safe in `Dataset.map`,
-a SavedModel and TF Serving. Every reader of the package (training data, inference, features,
-serving) goes through it, so an image gives the same pixels on every path.
+data) fails with a message that names the problem (input bytes only in hex, so the message
+stays valid UTF-8). Only core TF ops: safe in `Dataset.map`, a SavedModel and TF Serving.
+Every reader of the package (training data, inference, features, serving) goes through it,
+so an image gives the same pixels on every path.
 
 Conversions to RGB (all paths): grey is repeated to three channels; alpha is dropped (not
 composited); palette images (PNG, GIF, 8-bit BMP) are looked up in their palette; JPEG is
@@ -20,7 +21,9 @@ EXIF orientation is not applied (neither does `tf.io.decode_jpeg` nor `PIL.Image
 BMP: uncompressed 8-bit (palette), 24-bit and 32-bit; RLE-compressed and 1/4/16-bit BMPs
 are refused with a clear error (TF's decoder would return wrong pixels).
 
-Resizing: `short_side_size` (the target size keeping the aspect ratio) and `resize`
+Resizing: `short_side_size` (the target size keeping the aspect ratio up to a bound,
+`max_aspect_ratio`, default 4: a more elongated image is squeezed to it, so a resized image
+has at most side x 4 side pixels whatever its input) and `resize`
 (bilinear, antialiased when shrinking, clipped to 0..255) are the only resize arithmetic
 and op of the package; `data`, `pyramid`, `spatial_training`, `features` and `serving`
 call them.
@@ -38,6 +41,9 @@ import tensorflow as tf
 
 # A default bound on decoded pixels (about 64 MP: 192 MiB as RGB uint8).
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+# A default bound on the long side of every resized image, in units of its short side: an
+# image more elongated than this is squeezed to it (see `short_side_size`).
+DEFAULT_MAX_ASPECT_RATIO = 4.0
 
 _MAGIC = {  # first bytes -> format
     "jpeg": b"\xff\xd8\xff",
@@ -82,6 +88,17 @@ def _bytes_at(contents: tf.Tensor, start: tf.Tensor | int, count: int) -> tf.Ten
     start = tf.cast(start, tf.int64)
     part = tf.strings.substr(padded, start, tf.constant(count, tf.int64))
     return tf.ensure_shape(tf.io.decode_raw(part, tf.uint8), [count])
+
+
+_HEX = [f"{i:02x}" for i in range(256)]
+
+
+def hex_bytes(contents: tf.Tensor, count: int) -> tf.Tensor:
+    """The first `count` bytes of a string as hex pairs ("89 50 4e 47"): error messages carry
+    this, never raw input bytes (a status message must stay valid UTF-8 for clients)."""
+    length = tf.minimum(tf.strings.length(contents), count)
+    values = tf.cast(_bytes_at(contents, 0, count)[:length], tf.int32)
+    return tf.strings.reduce_join(tf.gather(tf.constant(_HEX), values), separator=" ")
 
 
 def after(value: tf.Tensor, *checks: Any) -> tf.Tensor:
@@ -134,9 +151,14 @@ def _header(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Te
         tf.debugging.Assert(
             known,
             [
-                f"Undecodable image: the bytes are not a {_FORMATS} file (they start with",
-                tf.strings.substr(contents, 0, tf.minimum(length, 8)),
-                '). Send the encoded file\'s bytes (in REST: base64 as {"b64": ...}).',
+                tf.strings.join(
+                    [
+                        f"Undecodable image: the bytes are not a {_FORMATS} file (they start "
+                        "with, in hex: ",
+                        hex_bytes(contents, 8),
+                        '). Send the encoded file\'s bytes (in REST: base64 as {"b64": ...}).',
+                    ]
+                )
             ],
         ),
     )
@@ -394,16 +416,40 @@ def _check_side(side: Any, minimum: int) -> None:
         )
 
 
-def short_side_size(hw: Any, side: int | tf.Tensor) -> tf.Tensor:
+def short_side_size(
+    hw: Any, side: int | tf.Tensor, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+) -> tf.Tensor:
     """The size (h, w) int32 `[2]` that gives an image of size `hw` (H, W) a short side of
-    `side` px, keeping its aspect ratio: `round((H, W) * side / min(H, W))`, each >= side.
+    `side` px, keeping its aspect ratio: `round((H, W) * side / min(H, W))`, each >= side,
+    and the long side at most `floor(side * max_aspect_ratio)`.
 
+    The bound makes the cost of a resized image a function of `side` alone (at most
+    `side * floor(side * max_aspect_ratio)` pixels), whatever the input's shape: an image
+    more elongated than `max_aspect_ratio` : 1 (a 5000 x 2 px strip, say) is squeezed along
+    its long side to that ratio instead of becoming millions of pixels long.
     `side` may be a Python int or an int tensor (e.g. drawn at random in `tf.data`).
     """
     _check_side(side, 1)
+    check_aspect_ratio(max_aspect_ratio)
     hw = tf.cast(hw, tf.float32)
     scale = tf.cast(side, tf.float32) / tf.reduce_min(hw)
-    return tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), tf.cast(side, tf.int32))
+    size = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), tf.cast(side, tf.int32))
+    longest = tf.cast(tf.math.floor(tf.cast(side, tf.float32) * max_aspect_ratio), tf.int32)
+    return tf.minimum(size, longest)
+
+
+def check_aspect_ratio(max_aspect_ratio: Any) -> float:
+    """`max_aspect_ratio` as a float >= 1, or ValueError."""
+    if (
+        isinstance(max_aspect_ratio, bool)
+        or not isinstance(max_aspect_ratio, int | float)
+        or not max_aspect_ratio >= 1
+    ):
+        raise ValueError(
+            f"max_aspect_ratio must be a number >= 1 (long side / short side), got "
+            f"{max_aspect_ratio!r}."
+        )
+    return float(max_aspect_ratio)
 
 
 def resize(image: tf.Tensor, size: Any) -> tf.Tensor:
@@ -424,11 +470,16 @@ def resize(image: tf.Tensor, size: Any) -> tf.Tensor:
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def resize_short_side(image: tf.Tensor, side: int | tf.Tensor) -> tf.Tensor:
+def resize_short_side(
+    image: tf.Tensor,
+    side: int | tf.Tensor,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> tf.Tensor:
     """Resize `[H, W, C]` or `[B, H, W, C]` so its short side is `side` px, keeping the
-    aspect ratio (`short_side_size`, then `resize`). float32 0..255; `side=0` only casts."""
+    aspect ratio up to `max_aspect_ratio` (`short_side_size`, then `resize`). float32
+    0..255; `side=0` only casts."""
     _check_side(side, 0)
     image = tf.convert_to_tensor(image)
     if isinstance(side, int) and side == 0:
         return tf.cast(image, tf.float32)
-    return resize(image, short_side_size(tf.shape(image)[-3:-1], side))
+    return resize(image, short_side_size(tf.shape(image)[-3:-1], side, max_aspect_ratio))

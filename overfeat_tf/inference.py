@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.image_io import load_image
+from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
 from overfeat_tf.layers import STRIDES
 from overfeat_tf.models import backbone_of
 from overfeat_tf.pyramid import Level, Scale, build_pyramid
@@ -76,6 +76,7 @@ def run_levels(
     scales: Sequence[Scale] | None = None,
     flips: bool = True,
     stride: str = "fine",
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> list[LevelOutput]:
     """Run an `OverFeat` model over the pyramid of `image`, one call per scale.
 
@@ -85,13 +86,14 @@ def run_levels(
         scales: ints (short sides) / `(h, w)` pairs; `pyramid.default_scales` if None.
         flips: also run each level's left-right flip.
         stride: "fine" (all pooling offsets) or "coarse" (offset 0).
+        max_aspect_ratio: bound on each level's long side / short side (`pyramid`).
 
     Returns:
         One `LevelOutput` per scale, in the order of `scales`.
     """
     net = spatial_model(model, stride)
     config = backbone_of(model).config
-    levels = build_pyramid(image, config, scales, flips)
+    levels = build_pyramid(image, config, scales, flips, max_aspect_ratio)
     step = config.fine_stride if stride == "fine" else config.coarse_stride
     results = []
     for level in levels:
@@ -127,6 +129,7 @@ def classify_tensor(
     scales: Sequence[Scale] | None = None,
     flips: bool = True,
     stride: str = "fine",
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> tf.Tensor:
     """Multi-scale class scores (paper §3.3), in TF ops.
 
@@ -136,7 +139,7 @@ def classify_tensor(
     Args:
         model: an `OverFeat` model.
         image: `[H, W, 3]` (-> `[C]`) or `[B, H, W, 3]` (-> `[B, C]`), RGB 0..255.
-        scales, flips, stride: as in `run_levels`.
+        scales, flips, stride, max_aspect_ratio: as in `run_levels`.
 
     Returns:
         float32 `[C]` or `[B, C]`: mean (over levels) of the max (over positions) class
@@ -145,7 +148,7 @@ def classify_tensor(
     image = tf.convert_to_tensor(image)
     single = image.shape.rank == 3
     per_level = []
-    for output in run_levels(model, image, scales, flips, stride):
+    for output in run_levels(model, image, scales, flips, stride, max_aspect_ratio):
         # [F*B, C], flips stacked along the batch
         scores = spatial_max(level_probabilities(output, model.num_classes))
         copies = 2 if flips else 1

@@ -21,6 +21,11 @@ aspect ratio). Every other net uses short sides at the same ratios to its crop
 (`round(crop * s / 221)` for Table 5's short sides s, then snapped): 247, 279, 327, 391,
 439, 471 for fast and tiny. Pass ints to keep the aspect ratio with any net.
 
+Bounded cost. With an int scale S a level's long side is at most `S * max_aspect_ratio`
+(default 4): an image more elongated than that (a 5000 x 2 px strip) is squeezed along its
+long side instead of giving a level millions of pixels long, so what a level costs is a
+function of the scales and that bound alone (`max_level_size`), never of the image.
+
 Levels are resized with `image_io.resize` (bilinear, antialiased when shrinking, 0..255).
 Each level records what maps boxes back to the original image: its size, the original
 size, the resize factors and which batch entries are flipped (see `boxes.level_to_original`).
@@ -116,18 +121,26 @@ def parse_scales(text: str | Sequence[str]) -> tuple[Scale, ...]:
     return check_scales(scales)
 
 
-def level_size(image_size: tf.Tensor, scale: Scale, config: str | ModelConfig) -> tf.Tensor:
+def level_size(
+    image_size: tf.Tensor,
+    scale: Scale,
+    config: str | ModelConfig,
+    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
+) -> tf.Tensor:
     """Size (h, w) int32 `[2]` of the level of an `image_size` (H, W) image at `scale`.
 
-    int scale: short side -> scale keeping the aspect ratio (`image_io.short_side_size`:
-    rounded), each side snapped down to `crop + fine_stride * n`. Pair: that size,
-    transposed for a portrait image if the pair is landscape (and vice versa), then snapped.
+    int scale: short side -> scale keeping the aspect ratio up to `max_aspect_ratio`
+    (`image_io.short_side_size`: rounded; the long side at most `scale * max_aspect_ratio`),
+    each side snapped down to `crop + fine_stride * n`. Pair: that size, transposed for a
+    portrait image if the pair is landscape (and vice versa), then snapped. Either way the
+    level's size depends on the image's only through its orientation and (up to the bound)
+    aspect ratio: `max_level_pixels` bounds it for every image.
     """
     config = get_config(config)
     (scale,) = check_scales([scale])
     size = tf.cast(image_size, tf.int32)
     if isinstance(scale, int):
-        target = image_io.short_side_size(size, scale)
+        target = image_io.short_side_size(size, scale, max_aspect_ratio)
     else:
         h, w = scale
         pair = tf.constant([h, w], tf.int32)
@@ -135,6 +148,21 @@ def level_size(image_size: tf.Tensor, scale: Scale, config: str | ModelConfig) -
         pair_portrait = h > w
         target = tf.where(tf.not_equal(image_portrait, pair_portrait) & (h != w), pair[::-1], pair)
     return _snap(target, config.crop_size, config.fine_stride)
+
+
+def max_level_size(
+    scale: Scale,
+    config: str | ModelConfig,
+    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
+) -> tuple[int, int]:
+    """The largest (short, long) side, in px, any image's level at `scale` can have: what a
+    level costs at most (Python ints; `level_size`'s bound)."""
+    config = get_config(config)
+    (scale,) = check_scales([scale])
+    max_aspect_ratio = image_io.check_aspect_ratio(max_aspect_ratio)
+    short, long = (scale, int(scale * max_aspect_ratio)) if isinstance(scale, int) else scale
+    sides = sorted(snap_side(s, config.crop_size, config.fine_stride) for s in (short, long))
+    return sides[0], sides[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +202,7 @@ def build_pyramid(
     config: str | ModelConfig,
     scales: Sequence[Scale] | None = None,
     flips: bool = True,
+    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
 ) -> list[Level]:
     """The levels of an image pyramid, one per scale (a Python list: the number of scales is
     static, sizes may be dynamic).
@@ -185,6 +214,9 @@ def build_pyramid(
             fine stride define the grid the level sizes are snapped to.
         scales: ints (short sides) and/or `(h, w)` pairs; `default_scales(config)` if None.
         flips: also add each level's left-right flip (as extra batch entries).
+        max_aspect_ratio: no level's long side is more than this times its short side (a
+            more elongated image is squeezed to it): each level has at most
+            `max_level_size` pixels, whatever the image.
 
     Returns:
         One `Level` per scale, in the order of `scales`.
@@ -195,7 +227,7 @@ def build_pyramid(
     original = tf.shape(batch)[1:3]
     levels = []
     for scale in scales:
-        size = level_size(original, scale, config)
+        size = level_size(original, scale, config, max_aspect_ratio)
         resized = image_io.resize(batch, size)
         flipped = tf.zeros(tf.shape(batch)[:1], tf.bool)
         if flips:

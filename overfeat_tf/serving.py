@@ -40,9 +40,12 @@ largest map of the batch, and `feature_map_sizes` the valid `(h, w)` of each.
 
 A bad image (empty string, bytes of no supported format, corrupt data, a zero-sized image,
 more than `max_pixels` pixels, which is checked from the header before any pixel is decoded)
-fails the request with `InvalidArgumentError` and a message naming the problem; the model
-stays loaded and the next request works. Images run one after another (`parallel_iterations=1`)
-so one request holds at most one decoded image and its pyramid in memory.
+or a request of more than `max_images` images fails the request with `InvalidArgumentError`
+and a message naming the problem (input bytes appear only in hex); the model stays loaded and
+the next request works. Images run one after another (`parallel_iterations=1`) so one request
+holds at most one decoded image and its pyramid in memory, and every pyramid level is bounded
+by its scale and `max_aspect_ratio` (`pyramid`), whatever the image's shape: what a request
+can cost is `request_bounds`, stored in the metadata.
 
 The export options and class names are stored twice: as the `metadata` signature and as the
 file `<version>/assets.extra/overfeat_export.json` (TF Serving's directory for extra files,
@@ -72,7 +75,7 @@ import keras
 import tensorflow as tf
 
 import overfeat_tf
-from overfeat_tf import image_io
+from overfeat_tf import image_io, pyramid
 from overfeat_tf.atomic import atomic_path
 from overfeat_tf.cli import option
 from overfeat_tf.config import ModelConfig
@@ -88,12 +91,12 @@ from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, r
 from overfeat_tf.inference import classify_tensor
 from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import backbone_of
-from overfeat_tf.pyramid import default_scales
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "overfeat_export.json"
 FORMAT = "overfeat_tf.serving/1"
+DEFAULT_MAX_IMAGES = 32
 
 
 def _layer(text: str) -> str | int:
@@ -109,6 +112,8 @@ class ExportOptions(DetectionOptions):
 
     Attributes:
         max_pixels: bound on `height * width` of an input image (checked before decoding).
+        max_images: bound on the images of one request (every signature): a request of
+            more fails with `InvalidArgument` before any image is decoded.
         feature_layer: the `features` signature's layer: a name ("fc7_linear", "fc7",
             "pool5", ...) or OverFeat's layer number (`features.layer_names`); default the
             release's `-f` layer, fc7 before its ReLU.
@@ -119,6 +124,9 @@ class ExportOptions(DetectionOptions):
     max_pixels: int = option(
         image_io.DEFAULT_MAX_PIXELS,
         "reject images of more pixels (height x width), checked before decoding",
+    )
+    max_images: int = option(
+        DEFAULT_MAX_IMAGES, "reject requests of more images (each signature's batch)"
     )
     feature_layer: str | int = option(
         FEATURE_LAYER,
@@ -135,8 +143,9 @@ class ExportOptions(DetectionOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _positive_int(self.max_pixels):
-            raise ValueError(f"max_pixels must be a positive int, got {self.max_pixels!r}.")
+        for name in ("max_pixels", "max_images"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}.")
         if self.feature_size is not None and not (
             _positive_int(self.feature_size) or self.feature_size == 0
         ):
@@ -210,7 +219,9 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
     net = backbone_of(model)
     layer, size = feature_target(model, options)
     resolved = options.replace(
-        scales=options.scales or default_scales(config), feature_layer=layer, feature_size=size
+        scales=options.scales or pyramid.default_scales(config),
+        feature_layer=layer,
+        feature_size=size,
     )
     return {
         "format": FORMAT,
@@ -232,10 +243,44 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
         "signatures": list(SIGNATURES),
         "box_format": "[ymin, xmin, ymax, xmax] normalized to the original image",
         "input": "RGB; images of more than max_pixels pixels are rejected",
+        "bounds": request_bounds(config, resolved),
+    }
+
+
+def request_bounds(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
+    """What one request can cost at most, in pixels, whatever its images (`options` with
+    the scales, feature layer and size resolved, as `export_metadata` stores them).
+
+    A request holds at most `max_images` images, decoded one at a time, each of at most
+    `max_pixels` pixels; each image's pyramid level at scale S is at most
+    `pyramid.max_level_size` (long side <= S * max_aspect_ratio), times 2 with flips.
+    """
+    levels = [pyramid.max_level_size(s, config, options.max_aspect_ratio) for s in options.scales]
+    copies = 2 if options.flips else 1
+    side = options.feature_size
+    feature = side * int(side * options.max_aspect_ratio) if side else options.max_pixels
+    return {
+        "max_images": options.max_images,
+        "max_pixels": options.max_pixels,
+        "max_aspect_ratio": options.max_aspect_ratio,
+        "max_level_sizes": [list(level) for level in levels],
+        "max_pyramid_pixels": copies * sum(a * b for a, b in levels),
+        "max_feature_pixels": feature,
     }
 
 
 # --- batches ---------------------------------------------------------------------------------
+
+
+def checked_count(images: tf.Tensor, max_images: int) -> tf.Tensor:
+    """`images` (a request's batch), passed on only if it holds at most `max_images`."""
+    count = tf.shape(images, out_type=tf.int64)[0]
+    message = (
+        f"is over this model's bound of {max_images} images per request; split the request "
+        "(the bound is set at export: export.py --max-images)."
+    )
+    check = tf.debugging.Assert(count <= max_images, ["Too many images:", count, message])
+    return image_io.after(images, check)
 
 
 def _map_images(fn: Callable[[tf.Tensor], Any], images: tf.Tensor, spec: Any) -> Any:
@@ -294,13 +339,14 @@ def _decoded(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
 
 
 def _feature_extractor(
-    extractor: keras.Model, layer: str, side: int, need: int, max_pixels: int
+    extractor: keras.Model, layer: str, side: int, need: int, options: ExportOptions
 ) -> Callable[[tf.Tensor], tf.Tensor]:
     """Encoded image -> its feature map `[h, w, C]` (short side resized to `side`; an error
     naming the layer when it is under `need` px)."""
 
     def extract(contents: tf.Tensor) -> tf.Tensor:
-        image = image_io.resize_short_side(_decoded(contents, max_pixels), side)
+        image = _decoded(contents, options.max_pixels)
+        image = image_io.resize_short_side(image, side, options.max_aspect_ratio)
         short = tf.reduce_min(tf.shape(image)[:2])
         message = (
             f"Image too small for feature layer {layer}: its short side must be at least "
@@ -339,9 +385,11 @@ def build_export(
     spec = output_spec(options.max_detections)
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = checked_count(images, options.max_images)
         return _map_images(lambda c: detector.detect_image(_decoded(c, max_pixels)), images, spec)
 
     def detect_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = checked_count(images, options.max_images)
         return _map_images(
             lambda im: detector.detect_image(image_io.check_pixels(im, max_pixels)),
             images,
@@ -353,12 +401,19 @@ def build_export(
 
         def one(contents: tf.Tensor) -> tuple[tf.Tensor, ...]:
             image = _decoded(contents, max_pixels)
-            scores = classify_tensor(net, image, detector.scales, detector.flips, detector.stride)
+            scores = classify_tensor(
+                net,
+                image,
+                detector.scales,
+                detector.flips,
+                detector.stride,
+                detector.max_aspect_ratio,
+            )
             return top_classes(scores, table)
 
         classes, scores, top_names = _map_images(
             one,
-            images,
+            checked_count(images, options.max_images),
             (
                 tf.TensorSpec([TOP_CLASSES], tf.int32),
                 tf.TensorSpec([TOP_CLASSES], tf.float32),
@@ -368,8 +423,8 @@ def build_export(
         return {"classes": classes, "scores": scores, "class_names": top_names}
 
     def features(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        extract = _feature_extractor(extractor, layer, feature_side, need, max_pixels)
-        return _feature_batch(extract, images, channels)
+        extract = _feature_extractor(extractor, layer, feature_side, need, options)
+        return _feature_batch(extract, checked_count(images, options.max_images), channels)
 
     def metadata_fn(request: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"metadata": tf.fill(tf.shape(request), tf.constant(metadata))}

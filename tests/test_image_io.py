@@ -334,25 +334,49 @@ def test_load_image_rejects_bad_arrays(array, message):
 # --- resize -----------------------------------------------------------------------------------
 
 
-def _numpy_short_side_size(hw, side):
+def _numpy_short_side_size(hw, side, ratio=4.0):
     hw = np.asarray(hw, np.float32)
     scale = np.float32(side) / hw.min()
-    return np.maximum(np.round(hw * scale).astype(np.int32), side)
+    size = np.maximum(np.round(hw * scale).astype(np.int32), side)
+    return np.minimum(size, int(np.floor(np.float32(side) * np.float32(ratio))))
+
+
+SIZES = [(300, 451), (451, 300), (231, 231), (1, 1000), (37, 53), (1000, 999), (640, 427)]
+EXTREME = [(5000, 2), (2, 5000), (1, 20000), (30000, 1), (100, 401), (399, 100)]
 
 
 def test_short_side_size_matches_numpy():
-    sizes = [(300, 451), (451, 300), (231, 231), (1, 1000), (37, 53), (1000, 999), (640, 427)]
     signature = [tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.int32)]
     graph = tf.function(short_side_size, input_signature=signature)
-    for hw in sizes:
+    for hw in SIZES + EXTREME:
         for side in (1, 64, 221, 231, 256, 471, 590):
             want = _numpy_short_side_size(hw, side)
             got = short_side_size(hw, side).numpy()
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(graph(tf.constant(hw), tf.constant(side)).numpy(), want)
             assert min(got) == side and got.dtype == np.int32
+            assert max(got) <= 4 * side  # the default bound: at most 4 : 1
     with pytest.raises(ValueError, match=">= 1"):
         short_side_size((10, 10), 0)
+
+
+@pytest.mark.parametrize("ratio", [1, 1.5, 2.0, 8])
+def test_short_side_size_bounds_the_long_side(ratio):
+    for hw in SIZES + EXTREME:
+        got = short_side_size(hw, 231, ratio).numpy()
+        np.testing.assert_array_equal(got, _numpy_short_side_size(hw, 231, ratio))
+        assert min(got) == 231 and max(got) <= 231 * ratio
+        if max(hw) / min(hw) <= ratio - 0.01:  # within the bound: the aspect ratio is kept
+            assert abs(max(got) / min(got) - max(hw) / min(hw)) < 0.01
+        else:  # beyond it: squeezed to the bound, the orientation kept
+            assert max(got) == int(231 * ratio)
+            assert (got[0] > got[1]) == (hw[0] > hw[1]) or got[0] == got[1]
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, -2, True, "4", float("nan")])
+def test_bad_max_aspect_ratio_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="max_aspect_ratio"):
+        short_side_size((10, 20), 5, bad)
 
 
 @pytest.mark.parametrize(

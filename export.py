@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    from overfeat_tf.cli import add_option_arguments, command_parser
+    from overfeat_tf import cli
     from overfeat_tf.serving import ExportOptions
 
-    parser = command_parser(
+    parser = cli.command_parser(
         "python export.py",
         "Export an OverFeat .keras model for TF Serving (multi-scale detection, "
         "classification and features, box merging in the graph). A detector is exported "
@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", type=int, default=None, help="version number (default: next free one)"
     )
-    add_option_arguments(parser.add_argument_group("export options"), ExportOptions)
+    cli.add_detection_flags(parser.add_argument_group("detection options"))
+    group = parser.add_argument_group("export options")
+    cli.add_flags(group, cli.export_flags(), ExportOptions().to_dict())
     return parser
 
 
@@ -46,18 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import tensorflow as tf
 
-    from overfeat_tf import serving
-    from overfeat_tf.cli import options_from_args
+    from overfeat_tf import cli, serving
+    from overfeat_tf.detector import as_detector
     from overfeat_tf.models import load_model
 
     try:
         if args.version is not None and args.version < 1:
             raise ValueError(f"--version must be a positive int, got {args.version}.")
-        model = load_model(args.model)
-        options = options_from_args(
-            args, serving.ExportOptions, serving.ExportOptions.of_model(model)
-        )
-        path = serving.export_model(model, args.export_dir, args.version, options)
+        detector = as_detector(load_model(args.model), **cli.given(args, cli.detection_flags()))
+        options = serving.ExportOptions(**cli.given(args, cli.export_flags()))
+        path = serving.export_model(detector, args.export_dir, args.version, options)
     except (OSError, ValueError, tf.errors.OpError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"error: {message}", file=sys.stderr)

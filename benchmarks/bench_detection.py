@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, write_section
 from overfeat_tf import detection_eval, precision, tfds_io, training
-from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import OverFeatDetector, as_detector
 from overfeat_tf.models import load_model
 from overfeat_tf.pyramid import parse_scales
 
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scales", type=parse_scales, default=None, help="e.g. 247,327,439 (default: the net's)"
     )
-    p.add_argument("--max-boxes", type=int, default=DetectionOptions().max_boxes)
+    p.add_argument("--max-boxes", type=int, default=OverFeatDetector.default_options()["max_boxes"])
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = p.parse_args(argv)
     if args.skip_training and not args.model:
@@ -192,13 +192,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         output = Path(args.output or tempfile.mkdtemp(prefix="bench_detection_"))
         stages, model_path = train_stages(args, output)
     model = load_model(model_path)
-    options = DetectionOptions(scales=args.scales, max_boxes=args.max_boxes)
+    detector = as_detector(model, scales=args.scales, max_boxes=args.max_boxes)
     evaluated = detection_eval.evaluate_detection(
-        model,
+        detector,
         args.dataset,
         args.split,
         args.data_dir,
-        options,
         max_examples=args.max_examples,
         progress=True,
     )

@@ -4,13 +4,14 @@ detection as a Keras 3 / TensorFlow package.
     image -> pyramid -> trunk -> dense offset pooling -> heads -> boxes -> merge -> outputs
 """
 
-from overfeat_tf.quiet import quiet_start
+from overfeat_tf.quiet import quiet_command_start
 
-quiet_start()  # TensorFlow's C++ start-up lines stay hidden; OVERFEAT_TF_VERBOSE=1 shows them
+# Only in the package's own commands (`python -m overfeat_tf.<command>`, train.py, export.py):
+# TensorFlow's C++ start-up lines stay hidden there. Any other process is left as it is.
+quiet_command_start()
 
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
 from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
-from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector, detect, localize
 from overfeat_tf.inference import classify
 from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
@@ -25,7 +26,6 @@ __all__ = [
     "TINY",
     "ConvSpec",
     "DenseOffsetPooling",
-    "DetectionOptions",
     "GreedyMergeDecoder",
     "MatmulConv2D",
     "MinedDetectionLoss",

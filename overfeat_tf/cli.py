@@ -1,10 +1,11 @@
-"""The package's one command-line layer: flags generated from options dataclasses, and the
-flags every command shares, spelled the same way everywhere.
+"""The package's one command-line layer: the flags of the detector's options and of the
+export's, and the flags every command shares, spelled the same way everywhere.
 
-An options dataclass declares each field with `option(default, help, ...)`; then
-`add_option_arguments(parser, Options)` adds `--field-name` for each (type from the default
-or `parse=`, booleans as `--x/--no-x`, `choices=`), with `-h` texts from the same field, and
-`options_from_args(args, Options)` builds the dataclass back. Shared flags:
+`detection_flags` spells `OverFeatDetector.options` on the command line, `export_flags`
+`serving.ExportOptions`: `add_flags` adds `--option-name` for each (type from the default or
+`parse`, booleans as `--x/--no-x`, `choices`), and `given` returns the options a command line
+sets, so a command applies exactly those to the model's own (`detector.with_options`).
+Nothing below the commands imports this module. Shared flags:
 
 - `--model PATH`: a `.keras` model written by train.py / convert (an export directory where
   a command also takes one);
@@ -26,78 +27,130 @@ from typing import Any
 FORMATS = ("text", "json")
 
 
-def option(
-    default: Any,
-    help: str,
-    *,
-    parse: Callable[[str], Any] | None = None,
-    choices: Sequence[Any] | None = None,
-    metavar: str | None = None,
-    cli: bool = True,
-) -> Any:
-    """A dataclass field with what its command-line flag needs (`help`, and optionally a
-    `parse` function, `choices`, a `metavar`; `cli=False` keeps it off the command line)."""
-    metadata = {"help": help, "parse": parse, "choices": choices, "metavar": metavar, "cli": cli}
-    return dataclasses.field(default=default, metadata=metadata)
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one option is spelled on the command line: its `-h` text, a `parse` function
+    (None: the type of its default), `choices` and a `metavar`."""
+
+    help: str
+    parse: Callable[[str], Any] | None = None
+    choices: Sequence[Any] | None = None
+    metavar: str | None = None
 
 
-def flag_name(field_name: str) -> str:
+def _layer(text: str) -> str | int:
+    """`--feature-layer`: a layer name, or OverFeat's layer number."""
+    return int(text) if text.strip().isdigit() else text
+
+
+def detection_flags() -> dict[str, Flag]:
+    """The flags of `OverFeatDetector.options`, every detection command's."""
+    from overfeat_tf.config import STRIDES
+    from overfeat_tf.decoders import COMBINE
+    from overfeat_tf.pyramid import parse_scales
+
+    return {
+        "scales": Flag(
+            "pyramid scales: short sides and/or HxW sizes, comma-separated, e.g. 245,281x317",
+            parse=parse_scales,
+            metavar="S,S,...",
+        ),
+        "flips": Flag("also run each scale's left-right flip"),
+        "stride": Flag("output stride: all pooling offsets or offset 0", choices=STRIDES),
+        "top_k": Flag("classes per scale that predict boxes"),
+        "score_threshold": Flag("windows below this class probability predict no box"),
+        "max_boxes": Flag("boxes into the merge, at most (the most confident)"),
+        "max_aspect_ratio": Flag(
+            "pyramid levels are at most this elongated (long side / short side); a longer "
+            "image is squeezed to it, which bounds what any image costs"
+        ),
+        "combine": Flag("merge (the paper's box merge) or nms (for comparison)", choices=COMBINE),
+        "merge_threshold": Flag("merge threshold t (lower = fewer merges)"),
+        "nms_iou": Flag("IoU threshold of --combine nms"),
+        "max_detections": Flag("detections per image (outputs are padded to this)"),
+    }
+
+
+def export_flags() -> dict[str, Flag]:
+    """The flags of `serving.ExportOptions` (what only an export has)."""
+    return {
+        "max_pixels": Flag(
+            "reject images of more pixels (height x width), checked before decoding"
+        ),
+        "max_images": Flag("reject requests of more images (each signature's batch)"),
+        "feature_layer": Flag(
+            "layer of the features signature: a name (fc7_linear, fc7, pool5, ...) or "
+            "OverFeat's number (19 fast / 22 accurate = fc7 before its ReLU, as `overfeat -f`)",
+            parse=_layer,
+        ),
+        "feature_size": Flag(
+            "short side (px) images are resized to for features (0: original size; default: "
+            "the net's crop size)",
+            parse=int,
+        ),
+    }
+
+
+def flag_name(name: str) -> str:
     """`max_detections` -> `--max-detections`."""
-    return "--" + field_name.replace("_", "-")
+    return "--" + name.replace("_", "-")
 
 
 def _shown(value: Any) -> str:
     if isinstance(value, tuple | list):
-        return ",".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
+        return ",".join(
+            "x".join(map(str, v)) if isinstance(v, tuple | list) else str(v) for v in value
+        )
     return "the model's" if value is None else str(value)
 
 
-def add_option_arguments(
+def add_flags(
     parser: argparse.ArgumentParser | Any,
-    options_class: type,
-    fields: Sequence[str] | None = None,
-    defaults: Any = None,
+    flags: dict[str, Flag],
+    defaults: dict[str, Any],
+    names: Sequence[str] | None = None,
 ) -> None:
-    """Add one flag per field of `options_class` (declared with `option`).
-
-    Args:
-        parser: an `argparse` parser or argument group.
-        options_class: the dataclass.
-        fields: only these fields (default: every field with `cli=True`).
-        defaults: an instance whose values are shown as the defaults (default: the class's).
-    """
-    defaults = defaults if defaults is not None else options_class()
-    for field in dataclasses.fields(options_class):
-        meta = field.metadata
-        if not meta.get("cli", False) or (fields is not None and field.name not in fields):
+    """Add `--name` for each of `flags` (or only `names`), `-h` showing `defaults`. A flag
+    not given parses to None, so `given` returns only what the command line changes."""
+    for name, flag in flags.items():
+        if names is not None and name not in names:
             continue
-        default = getattr(defaults, field.name)
-        text = f"{meta['help']} (default: {_shown(default)})"
-        kwargs: dict[str, Any] = {"default": None, "dest": field.name, "help": text}
+        default = defaults[name]
+        kwargs: dict[str, Any] = {
+            "default": None,
+            "dest": name,
+            "help": f"{flag.help} (default: {_shown(default)})",
+        }
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            # `parse` runs in `options_from_args`: its ValueError becomes the command's own
-            # one-line error rather than argparse's usage message
-            kwargs["type"] = str if meta["parse"] else type(default)
-            if meta["choices"] is not None:
-                kwargs["choices"] = meta["choices"]
-            if meta["metavar"] is not None:
-                kwargs["metavar"] = meta["metavar"]
-        parser.add_argument(flag_name(field.name), **kwargs)
+            # `parse` runs in `given`: its ValueError becomes the command's own one-line
+            # error rather than argparse's usage message
+            kwargs["type"] = str if flag.parse else type(default)
+            if flag.choices is not None:
+                kwargs["choices"] = flag.choices
+            if flag.metavar is not None:
+                kwargs["metavar"] = flag.metavar
+        parser.add_argument(flag_name(name), **kwargs)
 
 
-def options_from_args(args: argparse.Namespace, options_class: type, base: Any = None) -> Any:
-    """The dataclass from parsed flags: fields given on the command line override `base`
-    (default: the class's defaults); fields absent from `args` keep `base`'s values."""
-    base = base if base is not None else options_class()
-    changes = {}
-    for field in dataclasses.fields(options_class):
-        value = getattr(args, field.name, None)
+def add_detection_flags(
+    parser: argparse.ArgumentParser | Any, names: Sequence[str] | None = None
+) -> None:
+    """`add_flags` of `detection_flags`, defaults from `OverFeatDetector.default_options`."""
+    from overfeat_tf.detector import OverFeatDetector
+
+    add_flags(parser, detection_flags(), OverFeatDetector.default_options(), names)
+
+
+def given(args: argparse.Namespace, flags: dict[str, Flag]) -> dict[str, Any]:
+    """The options of `flags` given on the command line, parsed (the others left out)."""
+    values = {}
+    for name, flag in flags.items():
+        value = getattr(args, name, None)
         if value is not None:
-            parse = field.metadata.get("parse")
-            changes[field.name] = parse(value) if parse and isinstance(value, str) else value
-    return dataclasses.replace(base, **changes)
+            values[name] = flag.parse(value) if flag.parse and isinstance(value, str) else value
+    return values
 
 
 MODEL_HELP = "an overfeat_tf .keras model: a network (classify) or a detector (detect, localize)"

@@ -223,3 +223,13 @@ def get_config(model: str | ModelConfig | dict, **overrides: Any) -> ModelConfig
             f"Unknown model {model!r}: expected one of {sorted(CONFIGS)} or a ModelConfig."
         )
     return config.replace(**overrides) if overrides else config
+
+
+STRIDES = ("fine", "coarse")  # every pooling offset of the last pool, or offset (0, 0) only
+
+
+def check_stride(stride: str) -> str:
+    """`stride` if it is one of `STRIDES`, else ValueError."""
+    if stride not in STRIDES:
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+    return stride

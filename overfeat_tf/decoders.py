@@ -219,17 +219,31 @@ class NMSDecoder(keras.layers.Layer):
         return config
 
 
+# The decoder's options, as a detector lists them (`OverFeatDetector.options`).
+DECODER_OPTIONS = ("combine", "merge_threshold", "nms_iou", "max_detections")
+
+
 def make_decoder(
     combine: str = "merge",
     merge_threshold: float = MERGE_THRESHOLD,
     nms_iou: float = 0.5,
     max_detections: int = DEFAULT_MAX_OUTPUT,
-    algorithm: str = "rounds",
 ) -> keras.layers.Layer:
-    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder` (its
-    `algorithm`), "nms" -> `NMSDecoder`."""
+    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder` (at
+    `merge_threshold`), "nms" -> `NMSDecoder` (at `nms_iou`)."""
     if combine == "merge":
-        return GreedyMergeDecoder(merge_threshold, max_detections, algorithm)
+        return GreedyMergeDecoder(merge_threshold, max_detections)
     if combine == "nms":
         return NMSDecoder(nms_iou, max_detections)
     raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")
+
+
+def decoder_options(decoder: keras.layers.Layer) -> dict[str, Any]:
+    """`DECODER_OPTIONS` of a decoder layer (the other kind's threshold at its default)."""
+    merge = isinstance(decoder, GreedyMergeDecoder)
+    return {
+        "combine": "merge" if merge else "nms",
+        "merge_threshold": decoder.merge_threshold if merge else MERGE_THRESHOLD,
+        "nms_iou": NMSDecoder().iou_threshold if merge else decoder.iou_threshold,
+        "max_detections": decoder.max_detections,
+    }

@@ -5,7 +5,7 @@ stages (`detector.OverFeatDetector`: `levels` -> `dense_boxes`: every window of 
 classes of every scale and flip predicts a box) once and decodes the *same* dense boxes two
 ways, with the detector's `decode`:
 
-- `merge`: the paper's greedy merge (§4.3, `decoders.GreedyMergeDecoder`), what
+- `merge`: the paper's merge (§4.3, `decoders.GreedyMergeDecoder`), what
   `detector.predict` and the export answer;
 - `nms`: per-class `tf.image.non_max_suppression` (`decoders.NMSDecoder`), the usual
   alternative the paper compares against ("more robust to false positives ... than
@@ -25,8 +25,9 @@ From each of the two it scores, over the split (`overfeat_tf.metrics`):
 and, from the same run, the multi-scale classification top-1 / top-5 errors of
 `class_scores` (mean over levels and flips of each class's spatial max).
 
-All boxes are normalized yxyx of the original image, ground truth (TFDS `objects/bbox`) and
-detections alike. Errors are percentages of the labelled images evaluated; APs are in
+Boxes are merged in pixels of the original image; the results (ground truth, TFDS
+`objects/bbox`, and detections alike) are normalized yxyx of the original image.
+Errors are percentages of the labelled images evaluated; APs are in
 [0, 1].
 
 Command (prints tables; `--format json` for one JSON object):
@@ -47,9 +48,8 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import cli, data, metrics, tfds_io
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
-from overfeat_tf.detection import DetectionOptions
-from overfeat_tf.detector import OverFeatDetector, class_names, first_box_per_class
+from overfeat_tf.decoders import COMBINE, make_decoder
+from overfeat_tf.detector import OverFeatDetector, as_detector, class_names, first_box_per_class
 from overfeat_tf.models import load_model
 from overfeat_tf.pyramid import default_scales
 from overfeat_tf.spatial_training import decode_detection_example
@@ -59,13 +59,12 @@ _FIELDS = ("boxes", "scores", "classes", "num")
 
 
 # --- per image, in TF ops ----------------------------------------------------------------------
-def default_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
-    """The two decoders every evaluation compares: "merge" (the paper's) and "nms"."""
-    d = options.max_detections
-    return {
-        "merge": GreedyMergeDecoder(options.merge_threshold, d, options.merge_algorithm),
-        "nms": NMSDecoder(options.nms_iou, d),
-    }
+def default_decoders(detector: OverFeatDetector) -> dict[str, keras.layers.Layer]:
+    """The two decoders every evaluation compares, at the detector's options: "merge" (the
+    paper's) and "nms"."""
+    options = detector.options
+    fields = {name: options[name] for name in ("merge_threshold", "nms_iou", "max_detections")}
+    return {combine: make_decoder(combine, **fields) for combine in COMBINE}
 
 
 def detect_both(
@@ -88,9 +87,10 @@ def detect_both(
     if detector.top_k != guesses:
         passes.append(("localize/", detector.dense_boxes(levels, top_k=guesses)))
     outputs: dict[str, tf.Tensor] = {"class_scores": dense[3]}
+    size = tf.shape(image)[:2]
     for prefix, boxes in passes:
         for name, decoder in decoders.items():
-            out = detector.decode(*boxes, decoder=decoder)
+            out = detector.decode(*boxes, size, decoder=decoder)
             outputs[f"{prefix}{name}/boxes"] = out["detection_boxes"]
             outputs[f"{prefix}{name}/scores"] = out["detection_scores"]
             outputs[f"{prefix}{name}/classes"] = out["detection_classes"]
@@ -99,37 +99,33 @@ def detect_both(
 
 
 class DetectionEvaluator:
-    """One compiled per-image function for a model and options (any image size).
+    """One compiled per-image function for a detector (any image size).
 
     Args:
-        model: an `OverFeatDetector` or an `OverFeat` network (with a regressor for real
-            boxes; without one, every window is its own box).
-        options: `DetectionOptions` (default: a detector's own, else the defaults); its
-            `combine` is ignored: every decoder is computed.
+        model: an `OverFeatDetector` (evaluated with its own options; its `combine` is
+            ignored: every decoder is computed) or an `OverFeat` network (the default
+            options; with a regressor for real boxes, without one every window is its own
+            box). Change options with `detector.with_options(...)` first.
         guesses: localization guesses per image (ILSVRC: 5).
-        decoders: name -> decoder layer (default: `default_decoders(options)`, the merge and
-            NMS), all applied to the same dense boxes.
+        decoders: name -> decoder layer (default: `default_decoders(detector)`, the merge
+            and NMS), all applied to the same dense boxes.
     """
 
     def __init__(
         self,
         model: keras.Model,
-        options: DetectionOptions | None = None,
         guesses: int = GUESSES,
         decoders: dict[str, keras.layers.Layer] | None = None,
     ) -> None:
         if not isinstance(guesses, int) or guesses < 1:
             raise ValueError(f"guesses must be a positive int, got {guesses!r}.")
-        if options is None:
-            options = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
-        self.options = options
-        self.detector = OverFeatDetector.from_options(model, options)
+        self.detector = as_detector(model)
         self.guesses = guesses
-        self.decoders = decoders or default_decoders(options)
+        self.decoders = decoders or default_decoders(self.detector)
         self._detect = tf.function(
             lambda image: detect_both(self.detector, image, self.decoders, guesses),
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
-            reduce_retracing=True,
+            autograph=False,
         )
 
     def __call__(self, image: Any) -> dict[str, Any]:
@@ -179,9 +175,10 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def _options_dict(options: DetectionOptions, detector: OverFeatDetector) -> dict[str, Any]:
-    scales = options.scales or default_scales(detector.backbone.config)
-    values = options.replace(scales=scales).to_dict()
+def _options_dict(detector: OverFeatDetector) -> dict[str, Any]:
+    values = detector.options
+    scales = detector.scales or default_scales(detector.backbone.config)
+    values["scales"] = [list(s) if isinstance(s, tuple) else s for s in scales]
     values.pop("combine")  # both are evaluated
     return values
 
@@ -191,7 +188,6 @@ def evaluate_detection(
     dataset: str | tf.data.Dataset,
     split: str = "test",
     data_dir: str | None = None,
-    options: DetectionOptions | None = None,
     guesses: int = GUESSES,
     iou_threshold: float = 0.5,
     max_examples: int | None = None,
@@ -202,13 +198,13 @@ def evaluate_detection(
     """Localization error, AP / mAP (merge vs NMS) and classification errors on a split.
 
     Args:
-        model: an `OverFeatDetector` or `OverFeat` network whose classes are the dataset's.
+        model: an `OverFeatDetector` (evaluated with its own options) or an `OverFeat`
+            network (the default options) whose classes are the dataset's.
         dataset: a TFDS name with the detection schema (e.g. "overfeat_shapes/standard") or
             a `tf.data.Dataset` of example dicts (`image`, `objects/bbox` normalized yxyx,
             `objects/label`, optional `label`).
         split: the split to evaluate.
         data_dir: TFDS data directory.
-        options: `DetectionOptions` (default: a detector's own, else the defaults).
         guesses: localization guesses per image (ILSVRC: 5).
         iou_threshold: IoU of a correct detection / localization (0.5).
         max_examples: evaluate only the first `max_examples` images.
@@ -230,7 +226,7 @@ def evaluate_detection(
     """
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1, got {max_examples}.")
-    evaluator = DetectionEvaluator(model, options, guesses, decoders)
+    evaluator = DetectionEvaluator(model, guesses, decoders)
     tally = _Tally(evaluator.detector.num_classes, list(evaluator.decoders))
     counter = data.CorruptRecordCounter()
     images = detection_split(dataset, split, data_dir, counter)
@@ -263,7 +259,7 @@ def evaluate_detection(
         "seconds_per_image": (
             (seconds - first_image_seconds) / (count - 1) if count > 1 else seconds
         ),
-        "options": _options_dict(evaluator.options, evaluator.detector),
+        "options": _options_dict(evaluator.detector),
         "guesses": guesses,
         "iou_threshold": iou_threshold,
         "class_names": class_names(evaluator.detector),
@@ -374,7 +370,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "model is evaluated with its own options unless flags change them.",
     )
     cli.add_dataset_arguments(p)
-    cli.add_option_arguments(p.add_argument_group("detection options"), DetectionOptions)
+    cli.add_detection_flags(p.add_argument_group("detection options"))
     p.add_argument("--guesses", type=int, default=GUESSES, help="localization guesses")
     p.add_argument("--iou-threshold", type=float, default=0.5)
     cli.add_format_argument(p)
@@ -383,14 +379,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    model = load_model(args.model)
-    base = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
+    model = as_detector(load_model(args.model), **cli.given(args, cli.detection_flags()))
     result = evaluate_detection(
         model,
         args.dataset,
         args.split,
         args.data_dir,
-        cli.options_from_args(args, DetectionOptions, base),
         guesses=args.guesses,
         iou_threshold=args.iou_threshold,
         max_examples=args.max_examples,

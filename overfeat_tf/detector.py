@@ -3,18 +3,20 @@
     images [B, H, W, 3] (RGB 0..255)
       -> pyramid: scales x flips                        (`scales`, `flips`)       pyramid.py
       -> backbone: `OverFeat` trunk -> dense offset pooling -> heads            models.py
-      -> boxes: top-k classes per level, every window's box in the original image,
-         score filter                          (`top_k`, `score_threshold`, `max_boxes`)
+      -> boxes: top-k classes per level, every window's box in PIXELS of the original
+         image, score filter                   (`top_k`, `score_threshold`, `max_boxes`)
                                                                                 detection.py
-      -> prediction decoder: greedy merge (or NMS)    (`prediction_decoder`)   decoders.py
-      -> detections + the multi-scale top-5
+      -> prediction decoder: the merge (or NMS), on pixel boxes (`prediction_decoder`)
+                                                                                decoders.py
+      -> detections (boxes normalized to the image) + the multi-scale top-5
 
 Shaped like keras-hub's `ImageObjectDetector` / RetinaNet: a backbone, its heads, and the
 post-processing as a serializable `prediction_decoder` layer, so `detector(images)` and
 `detector.predict(images)` give detections and `keras.models.load_model` restores the
-detector with every option. The SavedModel export (`serving`), the evaluation commands and
-the notebook helpers (`detect`, `localize`) all call `detect_image`: the decode path exists
-once.
+detector with every option. `detect_fn`, one compiled function of `detect_image`, is the
+decode path of every entry point: `call` / `predict`, the notebook helpers (`detect`,
+`localize`), the evaluation commands, the predict command and the SavedModel export
+(`serving`), so an image gets the same detections from each.
 
 Outputs (the serving signature's names and conventions; D = `max_detections`):
 `detection_boxes` `[B, D, 4]` float32 `[ymin, xmin, ymax, xmax]` normalized to the original
@@ -27,22 +29,30 @@ classification `classes` `[B, 5]` int32 (-1 past the number of classes) and `sco
 
 from __future__ import annotations
 
-import weakref
+import inspect
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder, make_decoder
-from overfeat_tf.detection import DetectionOptions, kept_boxes, level_boxes
-from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
+from overfeat_tf.config import check_stride
+from overfeat_tf.decoders import (
+    DECODER_OPTIONS,
+    GreedyMergeDecoder,
+    NMSDecoder,
+    decoder_options,
+    make_decoder,
+)
+from overfeat_tf.detection import kept_boxes, level_boxes
+from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio, load_image
 from overfeat_tf.inference import LevelOutput, run_levels
-from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat, backbone_of
+from overfeat_tf.pyramid import check_scales
 
 TOP_CLASSES = 5
-_BOX_FIELDS = (
+# The detector's own options (its constructor's arguments after the decoder), in order.
+BOX_OPTIONS = (
     "scales",
     "flips",
     "stride",
@@ -51,7 +61,7 @@ _BOX_FIELDS = (
     "max_boxes",
     "max_aspect_ratio",
 )
-_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # detector -> tf.function
+OPTIONS = BOX_OPTIONS + DECODER_OPTIONS  # every option of a detector, the decoder's included
 
 
 def class_names(model: Any) -> list[str]:
@@ -91,6 +101,12 @@ def output_spec(max_detections: int) -> dict[str, tf.TensorSpec]:
     }
 
 
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return value
+
+
 @keras.saving.register_keras_serializable(package="overfeat_tf")
 class OverFeatDetector(keras.Model):
     """OverFeat detection and localization (Sermanet et al., ICLR 2014, §4-5) as one model.
@@ -98,10 +114,15 @@ class OverFeatDetector(keras.Model):
     Input: `images` `[B, H, W, 3]` RGB 0..255 (uint8 or float; any size, one size per batch).
     Output: the dict of the module docstring (`[B, D, 4]` normalized yxyx boxes, ...).
 
+    The constructor's arguments are the detector's options: `options` lists them (with the
+    decoder's), `with_options` changes them, `get_config` saves them, and the export, the
+    evaluation commands and `predict` read them from the model.
+
     Args:
         backbone: an `OverFeat` network (with a regressor for real boxes; without one every
             window is its own box; with a background class, it is left out of the scores).
-        prediction_decoder: a `decoders.GreedyMergeDecoder` (default) or `NMSDecoder`.
+        prediction_decoder: a `decoders.GreedyMergeDecoder` (default) or `NMSDecoder`; it
+            receives every window's box in PIXELS of the original image.
         scales: pyramid scales (ints = short sides, `(h, w)` pairs); None = the net's.
         flips: also run each scale's left-right flip.
         stride: "fine" (every pooling offset) or "coarse".
@@ -115,10 +136,12 @@ class OverFeatDetector(keras.Model):
 
     Example:
         >>> net = overfeat_tf.OverFeat("tiny", num_classes=3, regressor="class_specific")
-        >>> detector = OverFeatDetector(net, scales=(127, 159))
+        >>> detector = OverFeatDetector(net, scales=(231, 263))
         >>> out = detector.predict(np.zeros([2, 150, 200, 3], np.uint8))
         >>> out["detection_boxes"].shape
         (2, 100, 4)
+        >>> detector.with_options(top_k=3, merge_threshold=0.5).options["top_k"]
+        3
     """
 
     def __init__(
@@ -143,58 +166,54 @@ class OverFeatDetector(keras.Model):
                 "prediction_decoder must be a GreedyMergeDecoder or an NMSDecoder, got "
                 f"{type(decoder).__name__}."
             )
+        if not isinstance(flips, bool):
+            raise ValueError(f"flips must be True or False, got {flips!r}.")
+        if not 0 <= score_threshold < 1:
+            raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}.")
         self.prediction_decoder = decoder
-        checked = DetectionOptions(
-            scales, flips, stride, top_k, score_threshold, max_boxes, max_aspect_ratio
-        )
-        self.scales = checked.scales
+        self.scales = None if scales is None else check_scales(scales)
         self.flips = flips
-        self.stride = stride
-        self.top_k = top_k
+        self.stride = check_stride(stride)
+        self.top_k = _positive_int("top_k", top_k)
         self.score_threshold = float(score_threshold)
-        self.max_boxes = max_boxes
-        self.max_aspect_ratio = checked.max_aspect_ratio
+        self.max_boxes = _positive_int("max_boxes", max_boxes)
+        self.max_aspect_ratio = check_aspect_ratio(max_aspect_ratio)
         self.jit_compile = False  # the pyramid's sizes are dynamic: no XLA for the whole step
+        self._detect_fn = None
         self.built = True
 
     # --- options -------------------------------------------------------------------------
 
-    @classmethod
-    def from_options(
-        cls, model: Any, options: DetectionOptions | None = None, **kwargs: Any
-    ) -> OverFeatDetector:
-        """A detector of `model`'s backbone (an `OverFeat` or a detector) with `options`."""
-        options = options or DetectionOptions()
-        decoder = make_decoder(
-            options.combine,
-            options.merge_threshold,
-            options.nms_iou,
-            options.max_detections,
-            options.merge_algorithm,
-        )
-        boxes = {name: getattr(options, name) for name in _BOX_FIELDS}
-        return cls(backbone_of(model), decoder, **boxes, **kwargs)
-
     @property
-    def options(self) -> DetectionOptions:
-        """This detector's settings as `DetectionOptions` (decoder fields included)."""
-        decoder = self.prediction_decoder
-        merge = isinstance(decoder, GreedyMergeDecoder)
-        defaults = DetectionOptions()
-        return DetectionOptions(
-            **{name: getattr(self, name) for name in _BOX_FIELDS},
-            combine="merge" if merge else "nms",
-            merge_threshold=decoder.merge_threshold if merge else defaults.merge_threshold,
-            merge_algorithm=decoder.algorithm if merge else defaults.merge_algorithm,
-            nms_iou=defaults.nms_iou if merge else decoder.iou_threshold,
-            max_detections=decoder.max_detections,
-        )
+    def options(self) -> dict[str, Any]:
+        """Every option, JSON-ready: the constructor's (`BOX_OPTIONS`; scales None = the
+        net's defaults) and the decoder's (`DECODER_OPTIONS`)."""
+        values = {name: getattr(self, name) for name in BOX_OPTIONS}
+        if self.scales is not None:
+            values["scales"] = [list(s) if isinstance(s, tuple) else s for s in self.scales]
+        return {**values, **decoder_options(self.prediction_decoder)}
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        """The options of a detector built with no arguments but its backbone."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {
+            **{name: parameters[name].default for name in BOX_OPTIONS},
+            **decoder_options(GreedyMergeDecoder()),
+        }
 
     def with_options(self, **changes: Any) -> OverFeatDetector:
-        """A new detector sharing this backbone (and its weights), options changed."""
+        """A detector sharing this backbone (and its weights), with `changes` (any of
+        `options`' names) applied; this one if nothing changes."""
+        unknown = sorted(set(changes) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"Unknown detector options {unknown}; expected some of {OPTIONS}.")
         if not changes:
             return self
-        return OverFeatDetector.from_options(self.backbone, self.options.replace(**changes))
+        values = {**self.options, **changes}
+        decoder = make_decoder(**{name: values[name] for name in DECODER_OPTIONS})
+        boxes = {name: values[name] for name in BOX_OPTIONS}
+        return OverFeatDetector(self.backbone, decoder, **boxes)
 
     @property
     def num_classes(self) -> int:
@@ -225,7 +244,7 @@ class OverFeatDetector(keras.Model):
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Every window's box of the levels' top-k classes, score-filtered, before decoding.
 
-        Returns boxes `[m, 4]` yxyx normalized to the original image, scores `[m]`, classes
+        Returns boxes `[m, 4]` yxyx in PIXELS of the original image, scores `[m]`, classes
         `[m]` int32 (at most `max_boxes`, the most confident), and the multi-scale class
         scores `[C]` (the mean over levels and flips of each class's spatial max, §3.3).
         """
@@ -241,16 +260,18 @@ class OverFeatDetector(keras.Model):
         scores: tf.Tensor,
         classes: tf.Tensor,
         class_scores: tf.Tensor,
+        image_size: tf.Tensor,
         decoder: keras.layers.Layer | None = None,
     ) -> dict[str, tf.Tensor]:
-        """Dense boxes -> the output dict of one image (`prediction_decoder` unless another
-        `decoder` is given, e.g. NMS beside the merge in evaluation)."""
+        """Dense boxes (yxyx pixels of an `image_size` (H, W) image) -> the output dict of
+        one image, boxes normalized (`prediction_decoder` unless another `decoder` is given,
+        e.g. NMS beside the merge in evaluation)."""
         out = (decoder or self.prediction_decoder)(boxes, scores, classes)
         names = tf.constant(class_names(self), tf.string)
         valid = tf.range(tf.shape(out["detection_classes"])[0]) < out["num_detections"]
         top, top_scores, _ = top_classes(class_scores, names)
         return {
-            "detection_boxes": out["detection_boxes"],
+            "detection_boxes": box_ops.normalize_boxes(out["detection_boxes"], image_size),
             "detection_scores": out["detection_scores"],
             "detection_classes": out["detection_classes"],
             "detection_class_names": tf.where(
@@ -262,9 +283,27 @@ class OverFeatDetector(keras.Model):
         }
 
     def detect_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Detections of one image `[H, W, 3]` (RGB 0..255, any size and real/uint dtype)."""
+        """Detections of one image `[H, W, 3]` (RGB 0..255, any size and real/uint dtype),
+        traced as it is called (use `detect_fn` for the compiled function every entry point
+        shares)."""
         image = tf.cast(image, tf.float32)
-        return self.decode(*self.dense_boxes(self.levels(image)))
+        size = tf.shape(image)[:2]
+        return self.decode(*self.dense_boxes(self.levels(image)), size)
+
+    @property
+    def detect_fn(self) -> Any:
+        """The detector's one compiled decode path: a `tf.function` of `detect_image` for
+        float32 `[H, W, 3]` images of any size. `call`/`predict`, the notebook helpers, the
+        evaluation, the predict command and the export all run it, so one image gets the
+        same detections from each. Traced without AutoGraph (the pipeline is TF ops over
+        Python lists: nothing to convert)."""
+        if self._detect_fn is None:
+            self._detect_fn = tf.function(
+                self.detect_image,
+                input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
+                autograph=False,
+            )
+        return self._detect_fn
 
     def call(self, images: Any, training: bool = False) -> dict[str, tf.Tensor]:
         images = tf.convert_to_tensor(images)
@@ -276,27 +315,20 @@ class OverFeatDetector(keras.Model):
         if images.shape.rank != 4 or images.shape[-1] not in (None, 3):
             raise ValueError(f"Expected RGB images [B, H, W, 3], got shape {images.shape}.")
         return tf.map_fn(
-            self.detect_image,
+            self.detect_fn,
             tf.cast(images, tf.float32),
             fn_output_signature=output_spec(self.max_detections),
             parallel_iterations=1,
         )
 
     def get_config(self) -> dict[str, Any]:
+        options = self.options
         return {
             "name": self.name,
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "prediction_decoder": keras.saving.serialize_keras_object(self.prediction_decoder),
-            "scales": [list(s) if isinstance(s, tuple) else s for s in self.scales]
-            if self.scales is not None
-            else None,
-            "flips": self.flips,
-            "stride": self.stride,
-            "top_k": self.top_k,
-            "score_threshold": self.score_threshold,
-            "max_boxes": self.max_boxes,
-            "max_aspect_ratio": self.max_aspect_ratio,
+            **{name: options[name] for name in BOX_OPTIONS},
         }
 
     @classmethod
@@ -306,46 +338,18 @@ class OverFeatDetector(keras.Model):
         config["prediction_decoder"] = keras.saving.deserialize_keras_object(
             config["prediction_decoder"]
         )
-        if config.get("scales") is not None:
-            scales = config["scales"]
-            config["scales"] = tuple(tuple(s) if isinstance(s, list) else s for s in scales)
         return cls(**config)
 
 
 # --- notebook helpers -------------------------------------------------------------------------
 
 
-def as_detector(model: Any, **overrides: Any) -> OverFeatDetector:
-    """`model` if it is a detector and nothing is overridden, else a detector of its backbone
-    with its options (a detector's, or the defaults) changed by `overrides`."""
+def as_detector(model: Any, **options: Any) -> OverFeatDetector:
+    """`model` if it is a detector and no option changes, else a detector of its backbone
+    with its options (a detector's, or the defaults) changed by `options`."""
     if isinstance(model, OverFeatDetector):
-        return model.with_options(**overrides)
-    return OverFeatDetector.from_options(model, DetectionOptions(**overrides))
-
-
-def _compiled(detector: OverFeatDetector) -> Any:
-    """One traced `detect_image` per detector (any image size), dropped with the detector.
-
-    Made for a notebook's first call (BENCHMARKS.md, "Suite: the missed targets"): traced
-    without AutoGraph (the pipeline is TF ops over Python lists, no Python control flow on
-    tensors; converting its ~170 functions was half of the tracing) and with the merge in
-    plain TF unless the decoder asks for XLA (`jit_compile=True`): no XLA compile per block
-    width on the first images, for a slower merge afterwards (tiny: ~0.15 s more per image).
-    """
-    if detector not in _FUNCTIONS:
-        ref = weakref.ref(detector)
-
-        def detect_one(image: tf.Tensor) -> dict[str, tf.Tensor]:
-            with jit_compile_default(False):
-                return ref().detect_image(image)
-
-        _FUNCTIONS[detector] = tf.function(
-            detect_one,
-            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
-            reduce_retracing=True,
-            autograph=False,
-        )
-    return _FUNCTIONS[detector]
+        return model.with_options(**options)
+    return OverFeatDetector(backbone_of(model)).with_options(**options)
 
 
 def detect(model: Any, image_or_path: Any, **overrides: Any) -> dict[str, Any]:
@@ -353,9 +357,10 @@ def detect(model: Any, image_or_path: Any, **overrides: Any) -> dict[str, Any]:
 
     Args:
         model: an `OverFeatDetector` (what `train.py --task detect|localize` saves) or an
-            `OverFeat` network (detected with the default `DetectionOptions`).
+            `OverFeat` network (detected with the default options).
         image_or_path: a file path, encoded bytes, a PIL image or an RGB array (0..255).
-        **overrides: `DetectionOptions` fields (scales=, top_k=, merge_threshold=, ...).
+        **overrides: detector options (`OverFeatDetector.options`: scales=, top_k=,
+            merge_threshold=, ...).
             Each call with overrides builds (and traces) a new detector: for many images,
             build it once with `detector.with_options(...)`.
 
@@ -365,7 +370,7 @@ def detect(model: Any, image_or_path: Any, **overrides: Any) -> dict[str, Any]:
     """
     detector = as_detector(model, **overrides)
     image = tf.cast(load_image(image_or_path), tf.float32)
-    out = _compiled(detector)(image)
+    out = detector.detect_fn(image)
     n = int(out["num_detections"])
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     return {

@@ -38,7 +38,6 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import cli, data
-from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.inference import (
     level_probabilities,
     object_probabilities,
@@ -253,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(classify, detect or localize).",
     )
     cli.add_dataset_arguments(p)
-    cli.add_option_arguments(p, DetectionOptions, fields=["scales"])
+    cli.add_detection_flags(p, names=["scales"])
     cli.add_format_argument(p)
     return p.parse_args(argv)
 
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.dataset,
         args.split,
         args.data_dir,
-        cli.options_from_args(args, DetectionOptions).scales,
+        cli.given(args, cli.detection_flags()).get("scales"),
         max_examples=args.max_examples,
         progress=args.format == "text",
     )

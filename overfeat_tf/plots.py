@@ -211,7 +211,7 @@ def plot_score_maps(
         classes: class ids or names to show (default: the `top` best).
         levels: `detector.levels(image)` if already computed (else computed here).
         figsize: default 2.6 x 2.4 inches per panel.
-        **overrides: `DetectionOptions` fields (scales=, flips=, stride=).
+        **overrides: detector options (scales=, flips=, stride=).
     """
     detector = as_detector(model, **overrides)
     pixels = _image_array(image)
@@ -271,18 +271,16 @@ def plot_box_cloud(
     Args:
         model: an `OverFeatDetector` or `OverFeat` network.
         image: anything `load_image` reads.
-        **overrides: `DetectionOptions` fields (scales=, top_k=, score_threshold=, ...).
+        **overrides: detector options (scales=, top_k=, score_threshold=, ...).
     """
     detector = as_detector(model, **overrides)
     pixels = _image_array(image)
     levels = detector.levels(tf.constant(pixels, tf.float32))
     boxes, scores, classes, class_scores = detector.dense_boxes(levels)
-    merged = pixel_detections(
-        {k: v.numpy() for k, v in detector.decode(boxes, scores, classes, class_scores).items()},
-        pixels.shape[:2],
-    )
-    size = tf.constant(pixels.shape[:2], tf.float32)
-    dense = box_ops.denormalize_boxes(boxes, size).numpy()
+    size = tf.constant(pixels.shape[:2], tf.int32)
+    decoded = detector.decode(boxes, scores, classes, class_scores, size)
+    merged = pixel_detections({k: v.numpy() for k, v in decoded.items()}, pixels.shape[:2])
+    dense = boxes.numpy()  # already pixels
     scores, classes = scores.numpy(), classes.numpy()
     figure = new_figure(figsize, dpi)
     left, right = figure.subplots(1, 2)

@@ -30,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import atomic, cli, image_io, quiet
-from overfeat_tf.detection import DetectionOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DEFAULT_OUTPUT = "predictions"
@@ -60,7 +59,7 @@ class Predictor:
     Attributes:
         class_names: the model's classes (names of the top-5 ids).
         description: what was loaded (the path, or the export's version directory).
-        options: the detection options in use (`DetectionOptions.to_dict()`; an export's as
+        options: the detection options in use (`OverFeatDetector.options`; an export's as
             stored in its metadata, scales resolved).
     """
 
@@ -77,22 +76,17 @@ class Predictor:
 
     @classmethod
     def from_keras(cls, path: str, options: dict[str, Any]) -> Predictor:
-        """A `.keras` network or detector; `options` (DetectionOptions fields) override a
-        detector's own options (a network gets the defaults)."""
+        """A `.keras` network or detector; `options` (detector options) override a
+        detector's own (a network gets the defaults)."""
         from overfeat_tf.detector import as_detector, class_names
         from overfeat_tf.models import load_model
 
         detector = as_detector(load_model(path), **options)
-        detect = tf.function(
-            detector.detect_image,
-            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
-            reduce_retracing=True,
-        )
         return cls(
-            lambda image: detect(tf.cast(image, tf.float32)),
+            lambda image: detector.detect_fn(tf.cast(image, tf.float32)),
             class_names(detector),
             path,
-            detector.options.to_dict(),
+            detector.options,
         )
 
     @classmethod
@@ -336,15 +330,8 @@ def parser() -> argparse.ArgumentParser:
         "for a .keras model only (an export's are fixed); a detector keeps its own options "
         "except those given",
     )
-    cli.add_option_arguments(group, DetectionOptions)
+    cli.add_detection_flags(group)
     return p
-
-
-def _given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The DetectionOptions fields set on the command line (parsed)."""
-    full = cli.options_from_args(args, DetectionOptions)
-    given = [n for n in DetectionOptions.__dataclass_fields__ if getattr(args, n) is not None]
-    return {name: getattr(full, name) for name in given}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -361,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give IMAGE_OR_DIR... and --model PATH (or --write-samples DIR)")
     if args.top < 1:
         raise ValueError(f"--top must be a positive int, got {args.top}.")
-    predictor = load_predictor(args.model, _given_options(args))
+    predictor = load_predictor(args.model, cli.given(args, cli.detection_flags()))
     paths, errors = image_paths(args.images)
     for line in errors:
         print(f"error: {line}", file=sys.stderr, flush=True)

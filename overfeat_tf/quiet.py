@@ -23,8 +23,12 @@ A command can also wrap its first model call in `filtered_stderr()`: running a S
 the first time logs "E... util.cc:131] oneDNN supports DT_INT32 only on platforms with
 AVX-512. Falling back ..." (an error-level line that no level setting hides).
 
-`OVERFEAT_TF_VERBOSE=1` turns all of this off: every line is shown, nothing is set.
-This module imports only the standard library (TensorFlow only inside `quiet_start`).
+Only the package's own commands are quieted (`started_as_command`: `python -m
+overfeat_tf.<command>`, the repository's `train.py` / `export.py` and `benchmarks/` scripts):
+importing overfeat_tf in any other process (a notebook, a test run, a server) changes
+neither its environment nor its file descriptors. `OVERFEAT_TF_VERBOSE=1` turns all of this
+off: every line is shown, nothing is set. This module imports only the standard library
+(TensorFlow only inside `quiet_start`).
 """
 
 from __future__ import annotations
@@ -117,6 +121,27 @@ def filtered_stderr() -> Iterator[None]:
 def _flush() -> None:
     with contextlib.suppress(Exception):
         sys.stderr.flush()
+
+
+def started_as_command(argv: list[str] | None = None) -> bool:
+    """Whether this process is one of the package's commands: `python -m overfeat_tf...`
+    (`argv` defaults to `sys.orig_argv`), or a script of this repository: `train.py`,
+    `export.py` or one in `benchmarks/`."""
+    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-m":
+            return argv[i + 1].split(".")[0] == "overfeat_tf"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script in (os.path.join(root, "train.py"), os.path.join(root, "export.py")) or (
+        os.path.dirname(script) == os.path.join(root, "benchmarks")
+    )
+
+
+def quiet_command_start() -> bool:
+    """`quiet_start` in the package's own commands (`started_as_command`), nothing in any
+    other process. Returns whether it quieted."""
+    return started_as_command() and quiet_start()
 
 
 def quiet_start() -> bool:

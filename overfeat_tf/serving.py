@@ -1,12 +1,12 @@
-"""Export an OverFeat model as a TF Serving SavedModel (SPEC §5), everything in TF ops.
+"""Export an OverFeat model as a TF Serving SavedModel, everything in TF ops.
 
     encoded images tf.string [B]  (JPEG / PNG / GIF / BMP, any sizes, mixed in one batch)
       -> tf.map_fn over the batch, one image at a time:
            header checks (empty, unknown format, zero size, over `max_pixels`), then decode
-           -> `detector.OverFeatDetector.detect_image`: pyramid (scales x flips) -> OverFeat
-              at the fine/coarse stride -> top-k classes per level, every window's box in
-              the original image, normalized yxyx -> greedy merge (paper §4.3), the best
-              `max_detections` merged boxes -> top-5 of the multi-scale classification
+           -> `OverFeatDetector.detect_fn`: pyramid (scales x flips) -> OverFeat at the
+              fine/coarse stride -> top-k classes per level, every window's box in pixels
+              of the original image -> the merge (paper §4.3), the best `max_detections`
+              merged boxes, normalized yxyx -> top-5 of the multi-scale classification
       -> outputs padded to fixed sizes and stacked: [B, N, 4], [B, N], [B, 5], ...
 
 Signatures (all inputs are raw images, RGB 0..255 after decoding; no Python op anywhere):
@@ -47,12 +47,14 @@ holds at most one decoded image and its pyramid in memory, and every pyramid lev
 by its scale and `max_aspect_ratio` (`pyramid`), whatever the image's shape: what a request
 can cost is `request_bounds`, stored in the metadata.
 
-The export options and class names are stored twice: as the `metadata` signature and as the
-file `<version>/assets.extra/overfeat_export.json` (TF Serving's directory for extra files,
-which it does not load), so a client can read what it is talking to without running a graph.
+The options (the detector's and the export's) and class names are stored twice: as the
+`metadata` signature and as the file `<version>/assets.extra/overfeat_export.json` (TF
+Serving's directory for extra files, which it does not load), so a client can read what it
+is talking to without running a graph.
 
-The detection signatures run the same `detect_image` as `OverFeatDetector.predict` (and the
-notebook `detect`), so an export answers exactly what the `.keras` detector does. Placement
+The detection signatures run the detector's own decode path, `OverFeatDetector.detect_fn`, as
+`predict`, `model(images)` and the notebook `detect` do, so an export answers what the
+`.keras` detector does. Placement
 for GPU serving: decoding and the header checks are pinned to the CPU; the network, box
 decoding and the merge carry no device, so TF Serving places them on the GPU when it has one
 (nothing in the graph needs XLA or a Python op).
@@ -77,19 +79,17 @@ import tensorflow as tf
 import overfeat_tf
 from overfeat_tf import image_io, pyramid
 from overfeat_tf.atomic import atomic_path
-from overfeat_tf.cli import option
 from overfeat_tf.config import ModelConfig
-from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import (
     TOP_CLASSES,
     OverFeatDetector,
+    as_detector,
     class_names,
     output_spec,
     top_classes,
 )
 from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
 from overfeat_tf.inference import classify_tensor
-from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import backbone_of
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
@@ -99,16 +99,10 @@ FORMAT = "overfeat_tf.serving/1"
 DEFAULT_MAX_IMAGES = 32
 
 
-def _layer(text: str) -> str | int:
-    """`--feature-layer`: a layer name, or OverFeat's layer number."""
-    return int(text) if text.strip().isdigit() else text
-
-
 @dataclasses.dataclass(frozen=True)
-class ExportOptions(DetectionOptions):
-    """What the exported signatures do, fixed at export time: the `DetectionOptions` of the
-    detection signatures (scales None = the net's defaults, stored resolved in the metadata;
-    `combine` "merge", the paper's greedy merge, unless set), and:
+class ExportOptions:
+    """What only an export has, fixed at export time (the detection signatures run the
+    detector with its own options, `OverFeatDetector.options`).
 
     Attributes:
         max_pixels: bound on `height * width` of an input image (checked before decoding).
@@ -121,28 +115,12 @@ class ExportOptions(DetectionOptions):
             net's crop size; 0 = keep the original size.
     """
 
-    max_pixels: int = option(
-        image_io.DEFAULT_MAX_PIXELS,
-        "reject images of more pixels (height x width), checked before decoding",
-    )
-    max_images: int = option(
-        DEFAULT_MAX_IMAGES, "reject requests of more images (each signature's batch)"
-    )
-    feature_layer: str | int = option(
-        FEATURE_LAYER,
-        "layer of the features signature: a name (fc7_linear, fc7, pool5, ...) or OverFeat's "
-        "number (19 fast / 22 accurate = fc7 before its ReLU, as `overfeat -f`)",
-        parse=_layer,
-    )
-    feature_size: int | None = option(
-        None,
-        "short side (px) images are resized to for features (0: original size; default: "
-        "the net's crop size)",
-        parse=int,
-    )
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    max_images: int = DEFAULT_MAX_IMAGES
+    feature_layer: str | int = FEATURE_LAYER
+    feature_size: int | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         for name in ("max_pixels", "max_images"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}.")
@@ -157,21 +135,11 @@ class ExportOptions(DetectionOptions):
                 f"feature_layer must be a layer name or number, got {self.feature_layer!r}."
             )
 
-    @classmethod
-    def of_model(cls, model: Any, **changes: Any) -> ExportOptions:
-        """The defaults for `model`: a detector's own options (else the class defaults),
-        with `changes` applied."""
-        base = model.options if isinstance(model, OverFeatDetector) else DetectionOptions()
-        return cls(**{**dataclasses.asdict(base), **changes})
+    def replace(self, **changes: Any) -> ExportOptions:
+        return dataclasses.replace(self, **changes)
 
-    def detection_options(self) -> DetectionOptions:
-        """The `DetectionOptions` of the detection signatures."""
-        return DetectionOptions(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(DetectionOptions)}
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExportOptions:
@@ -180,11 +148,6 @@ class ExportOptions(DetectionOptions):
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"Unknown export options {unknown}; expected some of {sorted(names)}.")
-        values = dict(values)
-        if values.get("scales") is not None:
-            values["scales"] = tuple(
-                tuple(s) if isinstance(s, list) else s for s in values["scales"]
-            )
         return cls(**values)
 
 
@@ -195,13 +158,9 @@ def _positive_int(value: Any) -> bool:
 # --- model facts ---------------------------------------------------------------------------
 
 
-def _check_model(model: Any) -> ModelConfig:
-    return backbone_of(model).config
-
-
 def feature_target(model: keras.Model, options: ExportOptions) -> tuple[str, int]:
     """(layer name, short side in px) of the `features` signature; ValueError if unusable."""
-    config = _check_model(model)
+    config = backbone_of(model).config
     layer = resolve_layer(config, options.feature_layer)
     size = config.crop_size if options.feature_size is None else options.feature_size
     need = min_input_size(config, layer, "coarse")
@@ -214,15 +173,17 @@ def feature_target(model: keras.Model, options: ExportOptions) -> tuple[str, int
 
 
 def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any]:
-    """What a client needs to know about an export: options (scales resolved), classes, net."""
-    config = _check_model(model)
-    net = backbone_of(model)
+    """What a client needs to know about an export of `model` (a network: the default
+    detector options): its options (the detector's and the export's, scales and feature
+    layer resolved), classes, net and what a request can cost."""
+    detector = as_detector(model)
+    config = detector.backbone.config
+    net = detector.backbone
     layer, size = feature_target(model, options)
-    resolved = options.replace(
-        scales=options.scales or pyramid.default_scales(config),
-        feature_layer=layer,
-        feature_size=size,
-    )
+    resolved = options.replace(feature_layer=layer, feature_size=size)
+    detection = detector.options
+    scales = detector.scales or pyramid.default_scales(config)
+    detection["scales"] = [list(s) if isinstance(s, tuple) else s for s in scales]
     return {
         "format": FORMAT,
         "overfeat_tf_version": overfeat_tf.__version__,
@@ -239,30 +200,33 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
             "coarse_stride": config.coarse_stride,
         },
         "class_names": class_names(model),
-        "options": resolved.to_dict(),
+        "options": {**detection, **resolved.to_dict()},
         "signatures": list(SIGNATURES),
         "box_format": "[ymin, xmin, ymax, xmax] normalized to the original image",
         "input": "RGB; images of more than max_pixels pixels are rejected",
-        "bounds": request_bounds(config, resolved),
+        "bounds": request_bounds(config, scales, detector, resolved),
     }
 
 
-def request_bounds(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
-    """What one request can cost at most, in pixels, whatever its images (`options` with
-    the scales, feature layer and size resolved, as `export_metadata` stores them).
+def request_bounds(
+    config: ModelConfig, scales: Any, detector: OverFeatDetector, options: ExportOptions
+) -> dict[str, Any]:
+    """What one request can cost at most, in pixels, whatever its images (the detector's
+    `scales` resolved, `options` with the feature size resolved).
 
     A request holds at most `max_images` images, decoded one at a time, each of at most
     `max_pixels` pixels; each image's pyramid level at scale S is at most
     `pyramid.max_level_size` (long side <= S * max_aspect_ratio), times 2 with flips.
     """
-    levels = [pyramid.max_level_size(s, config, options.max_aspect_ratio) for s in options.scales]
-    copies = 2 if options.flips else 1
+    ratio = detector.max_aspect_ratio
+    levels = [pyramid.max_level_size(s, config, ratio) for s in scales]
+    copies = 2 if detector.flips else 1
     side = options.feature_size
-    feature = side * int(side * options.max_aspect_ratio) if side else options.max_pixels
+    feature = side * int(side * ratio) if side else options.max_pixels
     return {
         "max_images": options.max_images,
         "max_pixels": options.max_pixels,
-        "max_aspect_ratio": options.max_aspect_ratio,
+        "max_aspect_ratio": ratio,
         "max_level_sizes": [list(level) for level in levels],
         "max_pyramid_pixels": copies * sum(a * b for a, b in levels),
         "max_feature_pixels": feature,
@@ -339,14 +303,13 @@ def _decoded(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
 
 
 def _feature_extractor(
-    extractor: keras.Model, layer: str, side: int, need: int, options: ExportOptions
+    extractor: keras.Model, layer: str, side: int, need: int, max_pixels: int, ratio: float
 ) -> Callable[[tf.Tensor], tf.Tensor]:
     """Encoded image -> its feature map `[h, w, C]` (short side resized to `side`; an error
     naming the layer when it is under `need` px)."""
 
     def extract(contents: tf.Tensor) -> tf.Tensor:
-        image = _decoded(contents, options.max_pixels)
-        image = image_io.resize_short_side(image, side, options.max_aspect_ratio)
+        image = image_io.resize_short_side(_decoded(contents, max_pixels), side, ratio)
         short = tf.reduce_min(tf.shape(image)[:2])
         message = (
             f"Image too small for feature layer {layer}: its short side must be at least "
@@ -364,37 +327,37 @@ def build_export(
     """A Keras `ExportArchive` with the signatures of the module docstring (not written yet).
 
     Args:
-        model: an `OverFeatDetector` or an `OverFeat` network (a regressor gives real boxes;
-            without one every window is its own box).
-        options: `ExportOptions` (default: `ExportOptions.of_model(model)`, a detector's own).
+        model: an `OverFeatDetector` (exported with its own options) or an `OverFeat`
+            network (the default detector options; a regressor gives real boxes, without one
+            every window is its own box).
+        options: `ExportOptions` (default: `ExportOptions()`).
 
     Raises:
         ValueError: not an OverFeat model, or a feature layer / size the net cannot give.
     """
-    options = options or ExportOptions.of_model(model)
-    config = _check_model(model)
-    net = backbone_of(model)
+    options = options or ExportOptions()
+    detector = as_detector(model)
+    net = detector.backbone
+    config = net.config
     layer, feature_side = feature_target(model, options)
     metadata = json.dumps(export_metadata(model, options), sort_keys=True)
-    detector = OverFeatDetector.from_options(net, options.detection_options())
     max_pixels = options.max_pixels
     names = class_names(net)
     extractor = feature_model(net, layer, "coarse")
     channels = int(extractor.output.shape[-1])
     need = min_input_size(config, layer, "coarse")
-    spec = output_spec(options.max_detections)
+    spec = output_spec(detector.max_detections)
+
+    def detect(image: tf.Tensor) -> dict[str, tf.Tensor]:  # the detector's own decode path
+        return detector.detect_fn(tf.cast(image, tf.float32))
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
         images = checked_count(images, options.max_images)
-        return _map_images(lambda c: detector.detect_image(_decoded(c, max_pixels)), images, spec)
+        return _map_images(lambda c: detect(_decoded(c, max_pixels)), images, spec)
 
     def detect_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         images = checked_count(images, options.max_images)
-        return _map_images(
-            lambda im: detector.detect_image(image_io.check_pixels(im, max_pixels)),
-            images,
-            spec,
-        )
+        return _map_images(lambda im: detect(image_io.check_pixels(im, max_pixels)), images, spec)
 
     def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:
         table = tf.constant(names, tf.string)
@@ -423,7 +386,9 @@ def build_export(
         return {"classes": classes, "scores": scores, "class_names": top_names}
 
     def features(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        extract = _feature_extractor(extractor, layer, feature_side, need, options)
+        extract = _feature_extractor(
+            extractor, layer, feature_side, need, max_pixels, detector.max_aspect_ratio
+        )
         return _feature_batch(extract, checked_count(images, options.max_images), channels)
 
     def metadata_fn(request: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -486,12 +451,12 @@ def export_model(
         model: an `OverFeatDetector` or an `OverFeat` network.
         export_dir: the model's base directory (TF Serving's `--model_base_path`).
         version: a positive int; None = 1 + the largest existing numeric version.
-        options: `ExportOptions` (default: `ExportOptions.of_model(model)`).
+        options: `ExportOptions` (default: `ExportOptions()`).
 
     Raises:
         ValueError: bad version (or already there), options or model.
     """
-    options = options or ExportOptions.of_model(model)
+    options = options or ExportOptions()
     if version is not None and not _positive_int(version):
         raise ValueError(f"version must be a positive int, got {version!r}.")
     export_dir = Path(export_dir)
@@ -508,9 +473,7 @@ def export_model(
     created = not export_dir.exists()
     try:
         with atomic_path(target, directory=True) as temporary:
-            # Every function traced without XLA: TF Serving may lack the XLA JIT.
-            with jit_compile_default(False):
-                build_export(model, options).write_out(str(temporary), verbose=False)
+            build_export(model, options).write_out(str(temporary), verbose=False)
             _write_metadata(temporary, metadata)
     except BaseException:
         if created:

@@ -244,7 +244,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, detector: bool = Fal
         copy.set_weights(weights)
         model = copy
     if detector:
-        model = OverFeatDetector.from_options(model)
+        model = OverFeatDetector(model)
     with atomic_path(path) as tmp:
         model.save(tmp)
     return path

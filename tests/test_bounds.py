@@ -47,8 +47,9 @@ def exported(tiny_net, tmp_path_factory):
     detector = OverFeatDetector(tiny_net(3), scales=SCALES, max_boxes=1000)
     path = tmp / "tiny.keras"
     detector.save(path)
-    options = serving.ExportOptions.of_model(detector, max_images=MAX_IMAGES, max_detections=20)
-    version = serving.export_model(detector, tmp / "serving", options=options)
+    options = serving.ExportOptions(max_images=MAX_IMAGES)
+    exported = detector.with_options(max_detections=20)
+    version = serving.export_model(exported, tmp / "serving", options=options)
     return detector, path, version
 
 

@@ -17,8 +17,7 @@ import tensorflow as tf
 import overfeat_tf
 from overfeat_tf import detection_eval, evaluation, serving
 from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
-from overfeat_tf.detection import DetectionOptions
-from overfeat_tf.detector import OverFeatDetector, detect, localize
+from overfeat_tf.detector import OverFeatDetector, as_detector, detect, localize
 from overfeat_tf.merge_reference import greedy_merge_numpy, mutual_merge_numpy
 from overfeat_tf.models import OverFeat
 
@@ -174,12 +173,11 @@ def test_bad_options_are_value_errors():
 
 
 def test_detector_config_round_trips_with_its_options():
-    options = DetectionOptions(
-        scales=(231, (247, 300)), flips=False, top_k=2, combine="nms", nms_iou=0.4
-    )
-    detector = OverFeatDetector.from_options(_net("localize"), options.replace(max_detections=9))
+    options = dict(scales=[231, [247, 300]], flips=False, top_k=2, combine="nms", nms_iou=0.4)
+    detector = as_detector(_net("localize"), **options, max_detections=9)
     again = OverFeatDetector.from_config(detector.get_config())
-    assert again.options == detector.options == options.replace(max_detections=9)
+    want = {**OverFeatDetector.default_options(), **options, "max_detections": 9}
+    assert again.options == detector.options == want
     assert isinstance(again.prediction_decoder, NMSDecoder)
     assert again.backbone.regressor == "class_specific" and again.class_names == NAMES
     assert detector.with_options(top_k=1).backbone is detector.backbone
@@ -214,7 +212,7 @@ def test_merge_conserves_confidence():
     detector = _detector("localize").with_options(max_detections=600)
     levels = detector.levels(tf.constant(_images(1)[0], tf.float32))
     boxes, scores, classes, _ = detector.dense_boxes(levels)
-    out = detector.decode(boxes, scores, classes, tf.zeros([3]))
+    out = detector.decode(boxes, scores, classes, tf.zeros([3]), tf.constant([150, 190]))
     assert np.isclose(out["detection_scores"].numpy().sum(), scores.numpy().sum(), rtol=1e-4)
 
 

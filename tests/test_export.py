@@ -103,11 +103,10 @@ def exported(tmp_path_factory):
     base = tmp / "serving"
     args = ["--model", str(tmp / "tiny.keras"), "--export-dir", str(base), *CLI_OPTIONS]
     assert export_cli.main(args) == 0
-    options = serving.ExportOptions(
-        scales=(231, 263), max_pixels=MAX_PIXELS, max_detections=20, feature_layer="pool5"
-    )
+    options = serving.ExportOptions(max_pixels=MAX_PIXELS, feature_layer="pool5")
     keras_model = keras.models.load_model(tmp / "tiny.keras")
-    return keras_model, base / "1", options
+    detector = keras_model.with_options(scales=(231, 263), max_detections=20)
+    return detector, base / "1", options
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +196,7 @@ _FRESH = textwrap.dedent(
 
 
 def test_fresh_process_without_overfeat_tf_equals_in_package_detect(exported, tmp_path):
-    model, version_dir, options = exported
+    model, version_dir, _ = exported
     names = list(IMAGES)
     paths = []
     for name in names:
@@ -219,7 +218,7 @@ def test_fresh_process_without_overfeat_tf_equals_in_package_detect(exported, tm
     got = np.load(output)
     assert bool(got["blocked"]) and got["imported"].size == 0
 
-    detector = OverFeatDetector.from_options(model, options.detection_options())
+    detector = model
     for b, name in enumerate(names):
         image = decode_image(IMAGES[name])
         size = np.array(list(image.shape[:2]) * 2, np.float32)
@@ -250,11 +249,11 @@ def test_detect_images_equals_serving_default_on_lossless_images(loaded):
 
 
 def test_classify_equals_the_multi_scale_class_scores(exported, loaded):
-    model, _, options = exported
+    model = exported[0]
     out = loaded.signatures["classify"](images=_strings("rgb.jpg", "gray.png"))
     for b, name in enumerate(["rgb.jpg", "gray.png"]):
         image = tf.cast(decode_image(IMAGES[name]), tf.float32)
-        detector = OverFeatDetector.from_options(model, options.detection_options())
+        detector = model
         scores = detector.dense_boxes(detector.levels(image))[3].numpy()
         top = np.argsort(-scores, kind="stable")
         np.testing.assert_array_equal(out["classes"].numpy()[b, :3], top)
@@ -443,20 +442,34 @@ def test_versions_auto_increment_and_are_never_overwritten(exported, tmp_path, m
 @pytest.mark.parametrize(
     "bad",
     [
-        {"top_k": 0},
-        {"stride": "medium"},
         {"max_pixels": 0},
-        {"score_threshold": 1.5},
-        {"merge_threshold": 0},
-        {"max_detections": 0},
-        {"scales": ()},
-        {"flips": "yes"},
+        {"max_images": 0},
+        {"max_images": True},
         {"feature_size": -1},
+        {"feature_layer": 1.5},
     ],
 )
 def test_bad_options_raise_value_error(bad):
     with pytest.raises(ValueError):
         serving.ExportOptions(**bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"top_k": 0},
+        {"stride": "medium"},
+        {"score_threshold": 1.5},
+        {"merge_threshold": 0},
+        {"max_detections": 0},
+        {"scales": ()},
+        {"flips": "yes"},
+        {"combine": "vote"},
+    ],
+)
+def test_bad_detector_options_raise_value_error(exported, bad):
+    with pytest.raises(ValueError):
+        exported[0].with_options(**bad)
 
 
 def test_options_round_trip_and_scales_parse(exported):
@@ -465,8 +478,8 @@ def test_options_round_trip_and_scales_parse(exported):
     assert serving.feature_target(exported[0], serving.ExportOptions(feature_layer=19))[0] == (
         "fc7_linear"
     )
-    options = serving.ExportOptions(scales=(231, (281, 317)), top_k=3, feature_layer=19)
-    assert serving.ExportOptions.from_dict(json.loads(options.to_json())) == options
+    options = serving.ExportOptions(max_images=3, feature_layer=19)
+    assert serving.ExportOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     assert pyramid.parse_scales(["231", "281x317"]) == (231, (281, 317))
     assert pyramid.parse_scales("231,281x317") == (231, (281, 317))
     with pytest.raises(ValueError, match="Bad scale"):

@@ -13,8 +13,7 @@ import tensorflow_datasets as tfds
 
 from overfeat_tf import detection_eval, metrics
 from overfeat_tf.datasets.shapes import SHAPE_CLASSES, render_example
-from overfeat_tf.detection import DetectionOptions
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.detector import as_detector
 from overfeat_tf.models import OverFeat
 
 # --- NumPy reference of COCO's 101-point AP ----------------------------------------------------
@@ -360,10 +359,10 @@ def test_detection_eval_command_end_to_end(tiny_detector, tmp_path, capsys):
 
 def test_evaluator_gives_the_detectors_results_for_merge_and_nms(tiny_detector):
     image = tf.constant(render_example(7, min_side=160, max_side=200)["image"], tf.float32)
-    options = DetectionOptions(scales=(231,), max_boxes=200, max_detections=20)
-    out = detection_eval.DetectionEvaluator(tiny_detector, options)(image)
+    options = dict(scales=(231,), max_boxes=200, max_detections=20)
+    out = detection_eval.DetectionEvaluator(as_detector(tiny_detector, **options))(image)
     for combine in ("merge", "nms"):
-        detector = OverFeatDetector.from_options(tiny_detector, options.replace(combine=combine))
+        detector = as_detector(tiny_detector, **options, combine=combine)
         want = detector.detect_image(image)
         n = int(want["num_detections"])
         assert n == len(out[combine]["scores"]) > 0
@@ -378,9 +377,8 @@ def test_evaluator_gives_the_detectors_results_for_merge_and_nms(tiny_detector):
 
 def test_localization_gets_its_own_pass_when_top_k_is_not_the_guesses(tiny_detector):
     image = tf.constant(render_example(8, min_side=160, max_side=200)["image"], tf.float32)
-    options = DetectionOptions(scales=(231,), flips=False, top_k=2, max_boxes=100)
-    detector = OverFeatDetector.from_options(tiny_detector, options)
-    decoders = detection_eval.default_decoders(options)
+    detector = as_detector(tiny_detector, scales=(231,), flips=False, top_k=2, max_boxes=100)
+    decoders = detection_eval.default_decoders(detector)
     out = detection_eval.detect_both(detector, image, decoders, guesses=5)
     assert {"merge/boxes", "nms/num", "localize/merge/classes", "localize/nms/num"} <= set(out)
     assert len(set(out["merge/classes"][: int(out["merge/num"])].numpy().tolist())) <= 2

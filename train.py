@@ -48,7 +48,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from overfeat_tf import cli, main_job, training
+from overfeat_tf import cli, main_job, precision, training
 from overfeat_tf.losses import BOX_LOSSES
 
 
@@ -208,7 +208,7 @@ def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -
     """How the run executes: dtype, distribution, seeds, input pipeline, limits, logging."""
     p.add_argument(
         "--mixed-precision",
-        choices=training.MIXED_PRECISION,
+        choices=precision.PRECISIONS,
         default=defaults.mixed_precision,
         help="compute dtype. auto (default): mixed bfloat16 where the CPU / accelerator has "
         "bf16 matrix units (CPU flags avx512_bf16, amx_bf16; GPUs of compute capability 8.0+; "

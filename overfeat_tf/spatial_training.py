@@ -110,9 +110,8 @@ def spatial_targets(
     # A zero-area dummy box far away keeps every reduction non-empty (images without boxes).
     boxes = tf.concat([tf.cast(boxes, tf.float32), tf.fill([1, 4], -1e6)], axis=0)  # [N+1, 4]
     labels = tf.concat([tf.cast(labels, tf.int32), [_NO_BOX]], axis=0)
-    inter = box_ops.pairwise_intersection(windows, boxes)  # [P, N+1]
-    coverage = tf.math.divide_no_nan(inter, box_ops.box_area(boxes)[tf.newaxis])
-    fill = inter / box_ops.box_area(windows)[:, tf.newaxis]
+    coverage = box_ops.coverage(boxes[tf.newaxis], windows[:, tf.newaxis])  # [P, N+1]
+    fill = box_ops.coverage(windows[:, tf.newaxis], boxes[tf.newaxis])  # window filled
     iou = box_ops.pairwise_iou(windows, boxes)
 
     def best(mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

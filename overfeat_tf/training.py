@@ -56,7 +56,6 @@ from overfeat_tf.recipe import (
 # benchmarks and tests/test_precision.py use them as `training.X`.
 MODELS = ("fast", "accurate", "tiny")
 TASKS = ("classify", *spatial_training.TASKS)  # classify -> detect -> localize
-MIXED_PRECISION = precision.PRECISIONS  # "auto": from the hardware (overfeat_tf.precision)
 # `python train.py --model fast` is the paper's ImageNet run; tiny trains on generated data.
 DEFAULT_DATASETS = {"fast": "imagenet2012", "accurate": "imagenet2012", "tiny": "overfeat_shapes"}
 

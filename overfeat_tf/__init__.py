@@ -9,7 +9,7 @@ from overfeat_tf.quiet import quiet_start
 quiet_start()  # TensorFlow's C++ start-up lines stay hidden; OVERFEAT_TF_VERBOSE=1 shows them
 
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector, detect, localize
 from overfeat_tf.inference import classify
@@ -23,6 +23,7 @@ __all__ = [
     "ACCURATE",
     "FAST",
     "TINY",
+    "BoxMergeDecoder",
     "ConvSpec",
     "DenseOffsetPooling",
     "DetectionOptions",

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.cli import option
-from overfeat_tf.decoders import COMBINE, MERGE_ALGORITHMS
+from overfeat_tf.decoders import COMBINE
 from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 from overfeat_tf.inference import LevelOutput, level_probabilities, spatial_max
 from overfeat_tf.layers import STRIDES
@@ -51,10 +51,8 @@ class DetectionOptions:
             side): a longer image is squeezed to it, so a level's cost is bounded by its
             scale alone (`pyramid.max_level_size`).
         merge_threshold: `t` of the greedy merge (`merge.MERGE_THRESHOLD`).
-        merge_algorithm: "rounds" (mutual best matches merge together, `merge.mutual_merge`)
-            or "sequential" (one merge per step, `merge.greedy_merge`).
         max_detections: merged boxes returned (padded).
-        combine: "merge" (the paper's greedy merge, `decoders.GreedyMergeDecoder`) or "nms"
+        combine: "merge" (the paper's greedy merge, `decoders.BoxMergeDecoder`) or "nms"
             (per-class NMS at IoU `nms_iou`, `decoders.NMSDecoder`, for comparison).
         nms_iou: IoU threshold of "nms".
     """
@@ -76,12 +74,6 @@ class DetectionOptions:
         "is squeezed to it, which bounds what any image costs",
     )
     merge_threshold: float = option(MERGE_THRESHOLD, "merge threshold t (lower = fewer merges)")
-    merge_algorithm: str = option(
-        "rounds",
-        "rounds: mutual best pairs merge together, few loop iterations; sequential: one merge "
-        "per step, the paper's wording",
-        choices=MERGE_ALGORITHMS,
-    )
     max_detections: int = option(
         DEFAULT_MAX_OUTPUT, "detections per image (outputs are padded to this)"
     )
@@ -106,10 +98,6 @@ class DetectionOptions:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}.")
         if self.merge_threshold <= 0:
             raise ValueError(f"merge_threshold must be > 0, got {self.merge_threshold}.")
-        if self.merge_algorithm not in MERGE_ALGORITHMS:
-            raise ValueError(
-                f"merge_algorithm must be one of {MERGE_ALGORITHMS}, got {self.merge_algorithm!r}."
-            )
         if self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}.")
         if not 0 < self.nms_iou <= 1:

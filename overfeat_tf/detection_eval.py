@@ -5,7 +5,7 @@ stages (`detector.OverFeatDetector`: `levels` -> `dense_boxes`: every window of 
 classes of every scale and flip predicts a box) once and decodes the *same* dense boxes two
 ways, with the detector's `decode`:
 
-- `merge`: the paper's greedy merge (§4.3, `decoders.GreedyMergeDecoder`), what
+- `merge`: the paper's greedy merge (§4.3, `decoders.BoxMergeDecoder`), what
   `detector.predict` and the export answer;
 - `nms`: per-class `tf.image.non_max_suppression` (`decoders.NMSDecoder`), the usual
   alternative the paper compares against ("more robust to false positives ... than
@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf import cli, data, metrics, tfds_io
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.decoders import BoxMergeDecoder, NMSDecoder
 from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector, class_names, first_box_per_class
 from overfeat_tf.models import load_model
@@ -63,7 +63,7 @@ def default_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]
     """The two decoders every evaluation compares: "merge" (the paper's) and "nms"."""
     d = options.max_detections
     return {
-        "merge": GreedyMergeDecoder(options.merge_threshold, d, options.merge_algorithm),
+        "merge": BoxMergeDecoder(options.merge_threshold, d),
         "nms": NMSDecoder(options.nms_iou, d),
     }
 

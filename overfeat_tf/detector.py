@@ -34,11 +34,10 @@ import keras
 import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder, make_decoder
+from overfeat_tf.decoders import BoxMergeDecoder, NMSDecoder, make_decoder
 from overfeat_tf.detection import DetectionOptions, kept_boxes, level_boxes
 from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
 from overfeat_tf.inference import LevelOutput, run_levels
-from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat, backbone_of
 
 TOP_CLASSES = 5
@@ -101,7 +100,7 @@ class OverFeatDetector(keras.Model):
     Args:
         backbone: an `OverFeat` network (with a regressor for real boxes; without one every
             window is its own box; with a background class, it is left out of the scores).
-        prediction_decoder: a `decoders.GreedyMergeDecoder` (default) or `NMSDecoder`.
+        prediction_decoder: a `decoders.BoxMergeDecoder` (default) or `NMSDecoder`.
         scales: pyramid scales (ints = short sides, `(h, w)` pairs); None = the net's.
         flips: also run each scale's left-right flip.
         stride: "fine" (every pooling offset) or "coarse".
@@ -137,10 +136,10 @@ class OverFeatDetector(keras.Model):
         kwargs.setdefault("name", "overfeat_detector")
         super().__init__(**kwargs)
         self.backbone = backbone_of(backbone)
-        decoder = prediction_decoder if prediction_decoder is not None else GreedyMergeDecoder()
-        if not isinstance(decoder, GreedyMergeDecoder | NMSDecoder):
+        decoder = prediction_decoder if prediction_decoder is not None else BoxMergeDecoder()
+        if not isinstance(decoder, BoxMergeDecoder | NMSDecoder):
             raise ValueError(
-                "prediction_decoder must be a GreedyMergeDecoder or an NMSDecoder, got "
+                "prediction_decoder must be a BoxMergeDecoder or an NMSDecoder, got "
                 f"{type(decoder).__name__}."
             )
         self.prediction_decoder = decoder
@@ -170,7 +169,6 @@ class OverFeatDetector(keras.Model):
             options.merge_threshold,
             options.nms_iou,
             options.max_detections,
-            options.merge_algorithm,
         )
         boxes = {name: getattr(options, name) for name in _BOX_FIELDS}
         return cls(backbone_of(model), decoder, **boxes, **kwargs)
@@ -179,13 +177,12 @@ class OverFeatDetector(keras.Model):
     def options(self) -> DetectionOptions:
         """This detector's settings as `DetectionOptions` (decoder fields included)."""
         decoder = self.prediction_decoder
-        merge = isinstance(decoder, GreedyMergeDecoder)
+        merge = isinstance(decoder, BoxMergeDecoder)
         defaults = DetectionOptions()
         return DetectionOptions(
             **{name: getattr(self, name) for name in _BOX_FIELDS},
             combine="merge" if merge else "nms",
             merge_threshold=decoder.merge_threshold if merge else defaults.merge_threshold,
-            merge_algorithm=decoder.algorithm if merge else defaults.merge_algorithm,
             nms_iou=defaults.nms_iou if merge else decoder.iou_threshold,
             max_detections=decoder.max_detections,
         )
@@ -336,8 +333,7 @@ def _compiled(detector: OverFeatDetector) -> Any:
         ref = weakref.ref(detector)
 
         def detect_one(image: tf.Tensor) -> dict[str, tf.Tensor]:
-            with jit_compile_default(False):
-                return ref().detect_image(image)
+            return ref().detect_image(image)
 
         _FUNCTIONS[detector] = tf.function(
             detect_one,

@@ -89,7 +89,6 @@ from overfeat_tf.detector import (
 )
 from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
 from overfeat_tf.inference import classify_tensor
-from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import backbone_of
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
@@ -509,8 +508,7 @@ def export_model(
     try:
         with atomic_path(target, directory=True) as temporary:
             # Every function traced without XLA: TF Serving may lack the XLA JIT.
-            with jit_compile_default(False):
-                build_export(model, options).write_out(str(temporary), verbose=False)
+            build_export(model, options).write_out(str(temporary), verbose=False)
             _write_metadata(temporary, metadata)
     except BaseException:
         if created:

@@ -103,6 +103,12 @@ class BoxMergeDecoder(keras.layers.Layer):
         )
         return detections_dict(result)
 
+    def loop_iterations(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+        """The merge's dependent loop iterations on these boxes ([] int32: its rounds, the
+        last one included, plus row blocks of multi-block rounds; `merge.merge_boxes`)."""
+        args = (boxes, scores, classes, self.merge_threshold, self.max_detections)
+        return merge_boxes(*args, jit_compile=self.jit_compile, return_iterations=True)[1]
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(

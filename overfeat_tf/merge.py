@@ -260,7 +260,8 @@ def _round(
     absorbs = tf.logical_and(mutual, arg > position)  # p of a pair p < q
     stays = tf.logical_not(tf.logical_and(mutual, arg < position))  # not a q
     sums = sums + tf.where(absorbs[:, tf.newaxis], tf.gather(sums, partner), tf.zeros_like(sums))
-    kept = tuple(tf.boolean_mask(x, stays) for x in (sums, key, cls, group))
+    index = tf.reshape(tf.where(stays), [-1])  # one Where: one size read back per round
+    kept = tuple(tf.gather(x, index) for x in (sums, key, cls, group))
     return (*kept, tf.reduce_sum(tf.cast(absorbs, tf.int32)), inner)
 
 

@@ -1,15 +1,16 @@
 """Benchmark: the prediction decoders on the same dense boxes — the paper's merge against the
 best NMS (its IoU threshold and per-class vs class-agnostic chosen on the validation split),
-and the round-based merge against the sequential one (issues 12 and 13).
+and the round-based merge (the package's) against the paper's one-pair-per-step rule (the
+NumPy reference `tests/merge_reference.sequential_merge_numpy`, run on the same boxes).
 
 For a trained detector (e.g. `benchmarks/bench_detection.py`'s localize model) every image of
 a split runs the pyramid + network once (`detection_eval.detect_both`) and every decoder decodes
 the same dense boxes, so the rows differ only by the decoder:
 
-1. validation split: the merge (both algorithms) and NMS at IoU 0.3, 0.4, 0.5, 0.6, 0.7, per
+1. validation split: the merge (rounds and sequential) and NMS at IoU 0.3, 0.4, 0.5, 0.6, 0.7, per
    class and class-agnostic; the NMS setting with the best mAP@0.5 (ties: the lower
    localization error) is the fair baseline;
-2. test split: the merge (both algorithms), the chosen NMS and the usual default NMS (IoU 0.5,
+2. test split: the merge (rounds and sequential), the chosen NMS and the usual default NMS (IoU 0.5,
    per class), mAP@0.5 and ILSVRC localization error (5 guesses).
 
     python benchmarks/bench_decoders.py --model runs/det/localize/model.keras \\
@@ -29,29 +30,71 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from benchmarks.common import machine, write_section
 from overfeat_tf import decoders as dec
 from overfeat_tf import detection_eval
-from overfeat_tf.detection import DetectionOptions
+from overfeat_tf.detector import as_detector
 from overfeat_tf.models import load_model
 from overfeat_tf.pyramid import parse_scales
+from tests.merge_reference import sequential_merge_numpy
 
 NMS_IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SECTION = "Decoders: merge vs the best NMS, round-based vs sequential merge"
 
 
-def merge_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
-    """The merge rows: every algorithm `GreedyMergeDecoder` offers, at the options' t."""
-    d, t = options.max_detections, options.merge_threshold
+class SequentialMergeDecoder(keras.layers.Layer):
+    """The paper's one-pair-per-step merge (NumPy reference, through `tf.numpy_function`;
+    benchmark only) with `BoxMergeDecoder`'s inputs and outputs."""
+
+    def __init__(self, merge_threshold: float, max_detections: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.merge_threshold, self.max_detections = merge_threshold, max_detections
+
+    def _merge(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> tuple:
+        b, s, c, k = sequential_merge_numpy(boxes, scores, classes, self.merge_threshold)
+        d = self.max_detections
+        n = min(d, len(s))
+
+        def pad(x: np.ndarray, dtype: Any) -> np.ndarray:
+            out = np.zeros((d, *x.shape[1:]), dtype)
+            out[:n] = x[:n]
+            return out
+
+        return (
+            pad(b.reshape(-1, 4), np.float32),
+            pad(s, np.float32),
+            pad(c, np.int32),
+            pad(k, np.int32),
+            np.int32(n),
+        )
+
+    def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
+        d = self.max_detections
+        out = tf.numpy_function(
+            self._merge,
+            [boxes, scores, tf.cast(classes, tf.int32)],
+            [tf.float32, tf.float32, tf.int32, tf.int32, tf.int32],
+            stateful=False,
+        )
+        shapes = ([d, 4], [d], [d], [d], [])
+        result = dec.MergeResult(*(tf.ensure_shape(x, s) for x, s in zip(out, shapes, strict=True)))
+        return dec.detections_dict(result)
+
+
+def merge_decoders(options: dict[str, Any]) -> dict[str, keras.layers.Layer]:
+    """The merge rows at the detector's t: the package's rounds and the sequential rule."""
+    d, t = options["max_detections"], options["merge_threshold"]
     return {
-        f"merge ({algorithm})": dec.GreedyMergeDecoder(t, d, algorithm=algorithm)
-        for algorithm in dec.MERGE_ALGORITHMS
+        "merge (rounds)": dec.BoxMergeDecoder(t, d),
+        "merge (sequential)": SequentialMergeDecoder(t, d),
     }
 
 
-def nms_decoders(options: DetectionOptions) -> dict[str, keras.layers.Layer]:
-    d = options.max_detections
+def nms_decoders(options: dict[str, Any]) -> dict[str, keras.layers.Layer]:
+    d = options["max_detections"]
     return {
         f"NMS IoU {iou} {'per class' if per_class else 'class-agnostic'}": dec.NMSDecoder(
             iou, d, per_class=per_class
@@ -74,17 +117,19 @@ def _rows(result: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model = load_model(args.model)
-    options = DetectionOptions(scales=args.scales, max_boxes=args.max_boxes)
+    changes = {"scales": args.scales, "max_boxes": args.max_boxes}
+    detector = as_detector(
+        load_model(args.model), **{k: v for k, v in changes.items() if v is not None}
+    )
+    options = detector.options  # the model's own, unless a flag changes one
     start = time.monotonic()
     val_decoders = {**merge_decoders(options), **nms_decoders(options)}
     print("--- validation: every decoder ---", file=sys.stderr, flush=True)
     val = detection_eval.evaluate_detection(
-        model,
+        detector,
         args.dataset,
         args.val_split,
         args.data_dir,
-        options,
         max_examples=args.val_examples,
         progress=True,
         decoders=val_decoders,
@@ -94,15 +139,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_decoders = {
         **merge_decoders(options),
         f"best NMS ({best['decoder']})": val_decoders[best["decoder"]],
-        "default NMS (IoU 0.5 per class)": dec.NMSDecoder(0.5, options.max_detections),
+        "default NMS (IoU 0.5 per class)": dec.NMSDecoder(0.5, options["max_detections"]),
     }
     print("--- test: merges, best NMS, default NMS ---", file=sys.stderr, flush=True)
     test = detection_eval.evaluate_detection(
-        model,
+        detector,
         args.dataset,
         args.test_split,
         args.data_dir,
-        options,
         max_examples=args.test_examples,
         progress=True,
         decoders=test_decoders,
@@ -176,7 +220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-examples", type=int, default=300)
     p.add_argument("--test-examples", type=int, default=None, help="default: the whole split")
     p.add_argument("--scales", type=parse_scales, default=None)
-    p.add_argument("--max-boxes", type=int, default=DetectionOptions().max_boxes)
+    p.add_argument(
+        "--max-boxes", type=int, default=None, help="boxes into the decoder (default: the model's)"
+    )
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     return p.parse_args(argv)
 

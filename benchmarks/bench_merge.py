@@ -1,4 +1,4 @@
-"""Benchmark of `greedy_merge` on a realistic box set of the accurate net.
+"""Benchmark of the box merge (`merge.merge_boxes`) on a realistic box set of the accurate net.
 
 One image of the accurate model at the 6 scales of the paper's Table 5 x 2 flips, fine stride:
 every output cell predicts one box per class in the top-k of its scale, so
@@ -9,9 +9,11 @@ box inside their field of view with a low confidence).
 
     python benchmarks/bench_merge.py                # timing, JSON on stdout
     python benchmarks/bench_merge.py --top-k 5      # 5 classes per scale (5x the boxes)
-    python benchmarks/bench_merge.py --jit off      # the plain-TF path (SavedModels)
+    python benchmarks/bench_merge.py --jit on       # XLA-compiled blocks (notebooks)
+    python benchmarks/bench_merge.py --clustered    # 4000 clustered boxes (the detector's
+                                                    # max_boxes): plain TF vs XLA, iterations
     python benchmarks/bench_merge.py --sweep        # how MERGE_THRESHOLD was chosen
-    python benchmarks/bench_merge.py --forward --write   # merge (XLA and plain TF) vs the
+    python benchmarks/bench_merge.py --forward --write   # merge (plain TF and XLA) vs the
                                                     # accurate net's 6-scale 2-flip forward
                                                     # pass, same run, interleaved
 
@@ -37,7 +39,7 @@ import tensorflow as tf
 
 from overfeat_tf import boxes as box_ops
 from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, ModelConfig
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, greedy_merge
+from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, merge_boxes
 
 
 def make_box_set(
@@ -112,14 +114,17 @@ def make_box_set(
     }
 
 
-def compiled_merge(max_output: int = DEFAULT_MAX_OUTPUT, jit_compile: bool | None = None) -> Any:
-    """`greedy_merge` as a `tf.function` with an unknown number of boxes (traced once).
+def compiled_merge(max_output: int = DEFAULT_MAX_OUTPUT, jit_compile: bool = False) -> Any:
+    """`merge_boxes` as a `tf.function` with an unknown number of boxes (traced once),
+    returning (MergeResult, iterations).
 
-    `jit_compile`: as in `greedy_merge` (None = its default: XLA in-package; False = the
-    plain-TF path that SavedModels / TF Serving run).
+    `jit_compile`: as in `merge_boxes` (False: the plain-TF path that SavedModels / TF
+    Serving run; True: XLA-compiled blocks).
     """
     return tf.function(
-        lambda b, s, c, t: greedy_merge(b, s, c, t, max_output, jit_compile=jit_compile),
+        lambda b, s, c, t: merge_boxes(
+            b, s, c, t, max_output, jit_compile=jit_compile, return_iterations=True
+        ),
         input_signature=(
             tf.TensorSpec([None, 4], tf.float32),
             tf.TensorSpec([None], tf.float32),
@@ -129,8 +134,8 @@ def compiled_merge(max_output: int = DEFAULT_MAX_OUTPUT, jit_compile: bool | Non
     )
 
 
-def _path(jit_compile: bool | None) -> str:
-    return "plain TF" if jit_compile is False else "XLA"
+def _path(jit_compile: bool) -> str:
+    return "XLA" if jit_compile else "plain TF"
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -146,7 +151,7 @@ def merge_case(
     threshold: float = MERGE_THRESHOLD,
     max_output: int = DEFAULT_MAX_OUTPUT,
     seed: int = 0,
-    jit_compile: bool | None = None,
+    jit_compile: bool = False,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """(a no-argument call of the compiled merge on one `make_box_set` image, its facts).
 
@@ -166,7 +171,7 @@ def merge_case(
         return merge(*args)
 
     first = _timed(call)
-    result = call()
+    result, iterations = call()
     return call, {
         "model": "accurate",
         "scales": len(ACCURATE_SCALES),
@@ -179,6 +184,7 @@ def merge_case(
         "top_scores": [round(float(s), 3) for s in result.scores[: num_objects + 2]],
         "threshold": threshold,
         "merge_path": _path(jit_compile),
+        "iterations": int(iterations),
         "first_call_ms": round(first, 1),
         "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
         "cpu_threads": os.cpu_count(),
@@ -192,9 +198,9 @@ def time_merge(
     threshold: float = MERGE_THRESHOLD,
     max_output: int = DEFAULT_MAX_OUTPUT,
     seed: int = 0,
-    jit_compile: bool | None = None,
+    jit_compile: bool = False,
 ) -> dict[str, Any]:
-    """Times the compiled `greedy_merge` on one `make_box_set` image (after a warm-up).
+    """Times the compiled `merge_boxes` on one `make_box_set` image (after a warm-up).
 
     Returns a JSON-able dict: number of boxes, merged boxes, median / min / all run times
     in ms, and the first call's time (tracing and compilation included).
@@ -206,6 +212,52 @@ def time_merge(
         "merge_ms_median": round(statistics.median(times), 2),
         "merge_ms_min": round(min(times), 2),
         "merge_ms_runs": [round(t, 2) for t in times],
+    }
+
+
+def clustered_boxes(budget: int = 4000, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The `budget` most confident boxes of `make_box_set(top_k=5)` (6 scales x 2 flips, 5
+    classes per scale: clusters on 3 objects + scattered windows), yxyx pixels."""
+    box_set = make_box_set(seed=seed, top_k=5)
+    keep = np.argsort(-box_set["scores"], kind="stable")[:budget]
+    return (
+        tf.constant(box_set["boxes"][keep]),
+        tf.constant(box_set["scores"][keep]),
+        tf.constant(box_set["classes"][keep]),
+    )
+
+
+def time_clustered(budget: int = 4000, runs: int = 5) -> dict[str, Any]:
+    """Merge time of `clustered_boxes(budget)`, plain TF and XLA, interleaved (min of
+    `runs` after a warm-up), and the dependent loop iterations (rounds + row blocks)."""
+    boxes, scores, classes = clustered_boxes(budget)
+    threshold = tf.constant(MERGE_THRESHOLD, tf.float32)
+    merges = {jit: compiled_merge(jit_compile=jit) for jit in (False, True)}
+    first = {
+        jit: _timed(lambda m=m: m(boxes, scores, classes, threshold)) for jit, m in merges.items()
+    }
+    times: dict[bool, list[float]] = {jit: [] for jit in merges}
+    for _ in range(runs):
+        for jit, merge in merges.items():
+            times[jit].append(_timed(lambda m=merge: m(boxes, scores, classes, threshold)))
+    rows = []
+    for jit, merge in merges.items():
+        result, iterations = merge(boxes, scores, classes, threshold)
+        rows.append(
+            {
+                "merge_path": _path(jit),
+                "num_boxes": int(boxes.shape[0]),
+                "num_merged": int(result.num_merged),
+                "iterations": int(iterations),
+                "merge_ms_min": round(min(times[jit]), 1),
+                "merge_ms_median": round(statistics.median(times[jit]), 1),
+                "first_call_ms": round(first[jit], 1),
+            }
+        )
+    return {
+        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+        "cpu_threads": os.cpu_count(),
+        "rows": rows,
     }
 
 
@@ -231,7 +283,7 @@ def sweep_thresholds(
             data = make_box_set(
                 seed=1000 + seed, num_objects=num_objects, noise=noise, adjacent=adjacent
             )
-            r = merge(
+            r, _ = merge(
                 tf.constant(data["boxes"]),
                 tf.constant(data["scores"]),
                 tf.constant(data["classes"]),
@@ -288,16 +340,14 @@ def time_forward(image_size: tuple[int, int] = (480, 640), runs: int = 3) -> dic
     return {"image": list(image_size), "forward_ms_min": round(min(times), 1)}
 
 
-def merge_vs_forward(
-    runs: int = 3, paths: tuple[bool | None, ...] = (None, False)
-) -> dict[str, Any]:
+def merge_vs_forward(runs: int = 3, paths: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
     """Merge time of the 6-scale 2-flip box sets (top-1 and top-5 classes per scale) as a
     fraction of the forward pass that makes them, measured in the same run: every round
     times the forward pass and then each merge once (interleaved, so that a change of load
     hits them alike); the min over `runs` rounds is kept.
 
-    `paths`: `jit_compile` values of the merges timed (None = the default, XLA; False = the
-    plain-TF path of SavedModels / TF Serving).
+    `paths`: `jit_compile` values of the merges timed (False: the plain-TF path of
+    SavedModels / TF Serving; True: XLA-compiled blocks).
     """
     image_size = (480, 640)
     forward = forward_case(image_size)
@@ -344,16 +394,17 @@ def write_merge_section(result: dict[str, Any]) -> None:
     body = (
         f"Machine: {machine()}.\n"
         "Command: `python benchmarks/bench_merge.py --forward --write`.\n\n"
-        "Greedy merge (`merge.greedy_merge`, compiled, CPU) of every box of one image of the "
+        "Box merge (`merge.merge_boxes`, rounds of mutual best matches, compiled, CPU) of "
+        "every box of one image of the "
         "accurate net at the 6 Table 5 scales x 2 flips, fine stride (synthetic box sets of "
         "the real size, clustered on 3 objects with scattered false positives, no score "
         "threshold: the worst case), against the forward pass of the accurate net with its "
         "class-specific regressor over the same 12 levels of a 480x640 image (float32), both "
         "measured in the same run, interleaved (best of 3). Target: merge <= 10% of the "
-        "forward pass. Merge path XLA is `greedy_merge`'s default in-package "
-        "(`jit_compile=None`); plain TF (`jit_compile=False`) is what SavedModels run (TF "
-        "Serving). First call: tracing plus XLA compilation of the array sizes met (once per "
-        "process; the top-5 row reuses the top-1 row's compilations), not in merge ms.\n\n"
+        "forward pass. Merge path plain TF (`jit_compile=False`, the default) is what "
+        "SavedModels run (TF Serving); XLA (`jit_compile=True`) compiles each round's score "
+        "block on padded sizes. First call: tracing plus XLA compilation of the padded sizes "
+        "met (once per process), not in merge ms.\n\n"
         + "\n".join(lines)
         + "\n\n"
         + verdicts(result["rows"])
@@ -386,16 +437,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forward", action="store_true", help="merge vs forward pass")
     parser.add_argument("--write", action="store_true", help="with --forward: BENCHMARKS.md")
     parser.add_argument(
+        "--clustered", action="store_true", help="4000 clustered boxes: plain TF vs XLA"
+    )
+    parser.add_argument(
         "--jit",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="greedy_merge's jit_compile: auto = None, its default (XLA in-package); "
-        "with --forward, auto times both XLA and plain TF",
+        choices=("both", "on", "off"),
+        default="off",
+        help="merge_boxes' jit_compile (off: plain TF, the default); with --forward, both "
+        "(the default there) times plain TF and XLA",
     )
     args = parser.parse_args(argv)
-    jit_compile = {"auto": None, "on": True, "off": False}[args.jit]
+    jit_compile = args.jit == "on"
+    if args.clustered:
+        print(json.dumps(time_clustered(runs=args.runs), indent=2))
+        return
     if args.forward:
-        paths = (None, False) if args.jit == "auto" else (jit_compile,)
+        paths = (False, True) if args.jit in ("both", "off") else (True,)
         result = merge_vs_forward(args.runs if args.runs != 5 else 3, paths)
         print(json.dumps(result, indent=2))
         if args.write:

@@ -6,7 +6,7 @@ For one encoded JPEG of a typical size (320x400), in the same process and run:
   class names, padding);
 - forward: in-package `tf.function` of `OverFeatDetector.levels` + `dense_boxes` on the
   decoded image (pyramid, model at every scale and flip, box decoding, score filter);
-- merge: in-package `tf.function` of the detector's `decode` (its `GreedyMergeDecoder`) on
+- merge: in-package `tf.function` of the detector's `decode` (its `BoxMergeDecoder`) on
   those boxes;
 - detect: in-package `tf.function` of `OverFeatDetector.detect_image` (forward + merge in one
   graph: what `predict` runs per image).
@@ -38,7 +38,6 @@ import tensorflow as tf
 from benchmarks.common import machine, write_section
 from overfeat_tf import image_io, serving
 from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.merge import jit_compile_default
 from overfeat_tf.models import OverFeat
 from overfeat_tf.pyramid import default_scales, parse_scales
 
@@ -95,30 +94,29 @@ def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[s
         background=True,
         kernel_initializer="he_normal",
     )
-    options = serving.ExportOptions(scales=scales)
-    detection = options.detection_options()
+    detector = OverFeatDetector(model, scales=scales)
+    options = serving.ExportOptions()
     jpeg = test_jpeg()
     image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        path = serving.export_model(model, tmp, options=options)
+        path = serving.export_model(detector, tmp, options=options)
         export_s = time.perf_counter() - start
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         batch = tf.constant([jpeg])
 
-        detector = OverFeatDetector.from_options(model, detection)
         forward = tf.function(
             lambda im: detector.dense_boxes(detector.levels(im)), reduce_retracing=True
         )
         boxes, scores, classes, class_scores = forward(image)
         num_boxes = int(tf.shape(scores)[0])
         # the served path: the plain-TF merge (what the export traced), in the same graph shape
-        with jit_compile_default(False):
-            merge = tf.function(lambda b, s, c, cs: detector.decode(b, s, c, cs))
-            whole = tf.function(detector.detect_image, reduce_retracing=True)
-            merge(boxes, scores, classes, class_scores)
-            whole(image)
+        size = tf.shape(image)[:2]
+        merge = tf.function(lambda b, s, c, cs: detector.decode(b, s, c, cs, size))
+        whole = detector.detect_fn
+        merge(boxes, scores, classes, class_scores)
+        whole(image)
         decode = tf.function(lambda c: image_io.decode_image(c, options.max_pixels))
         times, cpu_times = _interleaved(
             {
@@ -210,7 +208,7 @@ Command: `{command}`.
 End-to-end latency of the exported `serving_default` signature (loaded with
 `tf.saved_model.load`) on one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG, against the sum of the
 in-package forward pass (`detection.dense_boxes`: pyramid, network at every scale and flip,
-box decoding) and merge (score filter + `merge.greedy_merge`) on the same decoded image, each a
+box decoding) and merge (score filter + `merge.merge_boxes`) on the same decoded image, each a
 `tf.function`, in the same run: one warm-up each, then the five calls in turn, repeated
 ({repeats} times), medians. Random `he_normal` weights, {NUM_CLASSES} classes + background,
 class-specific regressor, the net's default scales, flips, fine stride, top-k 5 (so the merge

@@ -16,10 +16,10 @@ backbone's, "image decode" = the Decode* ops, "pyramid" = the other ops whose ou
 image (rank 3-4, 3 channels: cast, resize, clip, flip, concat; from the trace's allocation
 records), "box decode, top-5" = the rest (top-k classes, boxes of every window, score filter,
 the multi-scale top-5). Per stage: op time (summed over threads), wall time covered by its
-ops (union of their intervals), and its share. For the round-based merge
-(`GreedyMergeDecoder(algorithm="rounds")`), ops are split by loop level (the rounds' loop; the
-blocks' loop inside a round) and counted per iteration, with the rounds and blocks of that
-image from `merge_mutual.mutual_merge_graph` on the same boxes.
+ops (union of their intervals), and its share. For the merge (`BoxMergeDecoder`), ops are
+split by loop level (the rounds' loop; the row blocks' loop inside a round, only in rounds of
+more than `merge.BLOCK_SCORES` scores) and counted per iteration, with the loop iterations of
+that image from `merge.merge_boxes(..., return_iterations=True)` on the same boxes.
 
 `--first-call` runs fresh processes of the notebook path (`overfeat_tf.load_model` +
 `overfeat_tf.detect`; the first model only) of the same detector saved as `.keras`, as the
@@ -60,8 +60,8 @@ from benchmarks.bench_serving import test_jpeg
 from benchmarks.bench_suite import _net
 from benchmarks.common import BENCHMARKS_MD, machine, write_section
 from benchmarks.suite_serving import SERVE_CLASSES
-from overfeat_tf import image_io, merge_mutual, serving
-from overfeat_tf.decoders import GreedyMergeDecoder
+from overfeat_tf import image_io, merge, serving
+from overfeat_tf.decoders import BoxMergeDecoder
 from overfeat_tf.detector import OverFeatDetector, as_detector
 
 SECTION = "Suite: the missed targets"
@@ -216,25 +216,26 @@ def profile_request(detector: OverFeatDetector, jpeg: bytes, tmp: Path, repeats:
 
 
 def merge_loops(detector: OverFeatDetector, jpeg: bytes) -> dict[str, Any] | None:
-    """Rounds, blocks and box count of the round-based merge on this image's dense boxes (plain
-    TF, the served graph's arithmetic), or None for another decoder."""
+    """Loop iterations and box count of the merge on this image's dense boxes (plain TF, the
+    served graph's arithmetic), or None for another decoder. Rounds and blocks are known
+    apart only when every round is one block (boxes^2 <= `merge.BLOCK_SCORES`)."""
     decoder = detector.prediction_decoder
-    if not (isinstance(decoder, GreedyMergeDecoder) and decoder.algorithm == "rounds"):
+    if not isinstance(decoder, BoxMergeDecoder):
         return None
     image = tf.cast(image_io.decode_image(tf.constant(jpeg)), tf.float32)
     boxes, scores, classes, _ = detector.dense_boxes(detector.levels(image))
-    threshold = tf.constant(decoder.merge_threshold, boxes.dtype)
-    out = merge_mutual.mutual_merge_graph(
-        boxes, scores, classes, threshold, decoder.max_detections, False
-    )
-    rounds, blocks = int(out[-2]), int(out[-1])
+    _, iterations = merge.merge_boxes(
+        boxes, scores, classes, decoder.merge_threshold, decoder.max_detections,
+        return_iterations=True,
+    )  # fmt: skip
+    one_block = int(boxes.shape[0]) ** 2 <= merge.BLOCK_SCORES
     sizes = np.bincount(classes.numpy())
     return {
         "boxes": int(boxes.shape[0]),
         "class_sizes": sorted((int(v) for v in sizes if v), reverse=True),
-        "rounds": rounds,
-        "iterations": rounds + 1,
-        "blocks": blocks,
+        "rounds": int(iterations) if one_block else None,
+        "iterations": int(iterations),
+        "blocks": 0 if one_block else None,
     }
 
 
@@ -316,7 +317,7 @@ def _merge_report(r: dict, loops: dict, merge_ops: list[Op]) -> str:
     levels = r["by_level"]
     merge_time = sum(o.duration for o in merge_ops)
     span = max(o.start + o.duration for o in merge_ops) - min(o.start for o in merge_ops)
-    its, blocks = loops["iterations"], max(loops["blocks"], 1)
+    its, blocks = loops["iterations"], max(loops["blocks"] or 0, 1)
     per = {0: 1, 1: its, 2: blocks}
     what = {
         0: "outside the loops (initial clusters, ranking)",
@@ -352,7 +353,7 @@ def _merge_report(r: dict, loops: dict, merge_ops: list[Op]) -> str:
     )
     text = (
         f"Merge: {loops['boxes']} boxes (classes of {', '.join(map(str, loops['class_sizes']))}); "
-        f"{loops['rounds']} rounds with merges, {its} loop iterations, {loops['blocks']} blocks "
+        f"{its} loop iterations (rounds + row blocks), {loops['blocks']} row blocks "
         f"scored in all; the merge's ops span {span / 1e9:.0f} ms of wall "
         f"({span / its / 1e9:.1f} ms per round, {span / blocks / 1e9:.2f} ms per block).\n\n"
         + _table(
@@ -389,7 +390,6 @@ _FIRST = r"""
 import json, sys, time
 start = time.perf_counter()
 import tensorflow as tf, overfeat_tf
-from overfeat_tf import detector as D
 from overfeat_tf.image_io import load_image
 t = {"import_s": time.perf_counter() - start}
 path, jit, logdir, *images = sys.argv[1:]
@@ -400,7 +400,7 @@ def timed(key, fn):
     s, c = time.perf_counter(), time.process_time()
     fn()
     t[key], t[key + "_cpu"] = time.perf_counter() - s, time.process_time() - c
-fn = D._compiled(model)
+fn = model.detect_fn
 timed("trace_s", lambda: fn.get_concrete_function())
 arrays = [tf.cast(load_image(p), tf.float32) for p in images]
 if logdir != "-":
@@ -486,7 +486,7 @@ def first_call_report(found: dict[str, list[dict]]) -> str:
             ]
         )
     return (
-        "Notebook first call in a fresh process (`overfeat_tf.load_model` + `_compiled`, the "
+        "Notebook first call in a fresh process (`overfeat_tf.load_model` + `detect_fn`, the "
         "function `overfeat_tf.detect` runs; a 320x400 image, then the same again and a "
         "300x500 one), each process in turn (values of each run, /-separated); s wall, "
         "and CPU s of this process where marked; the XLA compile time from a profiled twin "

@@ -29,7 +29,6 @@ import tensorflow as tf
 from benchmarks.bench_merge import make_box_set
 from benchmarks.bench_serving import test_jpeg
 from benchmarks.bench_suite import (
-    IMAGE_HW,
     Section,
     Settings,
     _med,
@@ -41,8 +40,10 @@ from benchmarks.bench_suite import (
     verdict,
 )
 from overfeat_tf import merge, serving
-from overfeat_tf.detection import DetectionOptions
 from overfeat_tf.detector import OverFeatDetector
+
+BOX_BUDGET = OverFeatDetector.default_options()["max_boxes"]
+from tests.merge_reference import sequential_merge_numpy
 
 SERVE_CLASSES = 20
 
@@ -59,11 +60,10 @@ class _Decoder(tf.Module):
 
 def _clustered_boxes(budget: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The `budget` most confident boxes of `bench_merge.make_box_set` (the accurate net's 6
-    scales x 2 flips, top-5 classes: clusters on 3 objects + scattered windows), normalized."""
+    scales x 2 flips, top-5 classes: clusters on 3 objects + scattered windows), pixels."""
     box_set = make_box_set(seed=0, top_k=5)
     keep = np.argsort(-box_set["scores"], kind="stable")[:budget]
-    scale = np.array([*IMAGE_HW, *IMAGE_HW], np.float32)
-    boxes, scores = box_set["boxes"][keep] / scale, box_set["scores"][keep]
+    boxes, scores = box_set["boxes"][keep], box_set["scores"][keep]
     return tf.constant(boxes), tf.constant(scores), tf.constant(box_set["classes"][keep])
 
 
@@ -74,8 +74,7 @@ def _serve_case(arch: str, s: Settings, tmp: Path, clustered: tuple) -> dict[str
     image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
     export = serving.export_model(detector, tmp / arch)
     served = tf.saved_model.load(str(export)).signatures["serving_default"]
-    with merge.jit_compile_default(False):  # as an export traces it: plain TF
-        tf.saved_model.save(_Decoder(detector.prediction_decoder), str(tmp / f"{arch}_decoder"))
+    tf.saved_model.save(_Decoder(detector.prediction_decoder), str(tmp / f"{arch}_decoder"))
     decoder = tf.saved_model.load(str(tmp / f"{arch}_decoder"))
     forward = tf.function(lambda im: detector.dense_boxes(detector.levels(im)))
     own = forward(image)[:3]
@@ -92,9 +91,9 @@ def _serve_case(arch: str, s: Settings, tmp: Path, clustered: tuple) -> dict[str
 def _loop_iterations(decoder: keras.layers.Layer, boxes: tuple) -> tuple[list[str], int | None]:
     """The decoder's dependent loop iterations on `boxes`, if it exposes them: an output
     whose name holds "round" or "iteration", or a `loop_iterations(boxes, scores, classes)`
-    method. For reference, those of the package's merges (sequential greedy: one per merge
-    at least; `merge.mutual_merge`: its rounds + the final one) and whether the decoder's
-    detections equal theirs."""
+    method. For reference, those of the merges (the paper's one-pair-per-step rule, NumPy
+    reference: one iteration per merge; `merge.merge_boxes`: its rounds + row blocks) and
+    whether the decoder's detections equal theirs."""
     out = decoder(*boxes)
     keys = [k for k in out if "round" in k or "iteration" in k]
     value = int(out[keys[0]]) if keys else None
@@ -104,11 +103,13 @@ def _loop_iterations(decoder: keras.layers.Layer, boxes: tuple) -> tuple[list[st
     lines = [f"`{name}` reports `{keys[0]}` = {value}" if keys else f"`{name}` exposes none"]
     n, d = int(boxes[1].shape[0]), int(out["num_detections"])
     threshold = getattr(decoder, "merge_threshold", merge.MERGE_THRESHOLD)
-    greedy = merge.greedy_merge(*boxes, threshold, max_output=n)
-    found = {"sequential greedy `merge.greedy_merge`, merges": (greedy, n - int(greedy.num_merged))}
-    if hasattr(merge, "mutual_merge"):
-        mutual, rounds = merge.mutual_merge(*boxes, threshold, max_output=n, return_rounds=True)
-        found["`merge.mutual_merge`, rounds with merges + 1"] = (mutual, int(rounds) + 1)
+    seq = sequential_merge_numpy(*(np.asarray(x) for x in boxes), threshold)
+    seq = merge.MergeResult(seq[0], seq[1], seq[2], seq[3], len(seq[1]))
+    rounds, iterations = merge.merge_boxes(*boxes, threshold, max_output=n, return_iterations=True)
+    found = {
+        "sequential rule (`tests/merge_reference.py`), merges": (seq, n - len(seq.scores)),
+        "`merge.merge_boxes`, iterations": (rounds, int(iterations)),
+    }
     for label, (result, count) in found.items():
         same = d == min(int(result.num_merged), decoder.max_detections) and np.allclose(
             out["detection_scores"][:d], result.scores[:d], rtol=1e-5
@@ -211,12 +212,14 @@ def _concurrency(fn: Any, requests: list[list[bytes]], clients: int = 4) -> dict
 
 
 def part_serving(s: Settings, results: dict) -> Section:
-    clustered = _clustered_boxes(1000 if s.quick else DetectionOptions().max_boxes)
+    clustered = _clustered_boxes(
+        1000 if s.quick else OverFeatDetector.default_options()["max_boxes"]
+    )
     section = Section(
         "Suite: merge and serving",
         f"""Per model (random he_normal weights, {SERVE_CLASSES} classes + background,
 class-specific regressor; the detector's defaults: scales x 2 flips, fine stride, top-5,
-{DetectionOptions().max_boxes}-box budget, its `prediction_decoder`), on one 320x400 JPEG:
+{BOX_BUDGET}-box budget, its `prediction_decoder`), on one 320x400 JPEG:
 "served" = the exported `serving_default` (`serving.export_model`, `tf.saved_model.load`);
 "forward" = pyramid + network + box decoding (`dense_boxes(levels(image))`, a `tf.function`);
 "merge" = the decoder alone, saved as a SavedModel (plain TF, as served) and loaded, on the

@@ -11,7 +11,7 @@ from overfeat_tf.quiet import quiet_command_start
 quiet_command_start()
 
 from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, get_config
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.detector import OverFeatDetector, detect, localize
 from overfeat_tf.inference import classify
 from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
@@ -24,6 +24,7 @@ __all__ = [
     "ACCURATE",
     "FAST",
     "TINY",
+    "BoxMergeDecoder",
     "ConvSpec",
     "DenseOffsetPooling",
     "GreedyMergeDecoder",

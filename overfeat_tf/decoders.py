@@ -1,8 +1,8 @@
 """Prediction decoders: one image's dense boxes -> its detections (the detector's last stage).
 
-    dense boxes of every window, scale and flip  `[M, 4]` yxyx (normalized), scores, classes
-      -> `GreedyMergeDecoder` (paper §4.3, `merge.greedy_merge`): boxes of one class that
-         match merge; a merged box averages its members' coordinates and ADDS their scores
+    dense boxes of every window, scale and flip  `[M, 4]` yxyx, scores, classes
+      -> `BoxMergeDecoder` (paper §4.3, `merge.merge_boxes`): boxes of one class that match
+         merge; a merged box averages its members' coordinates and ADDS their scores
       -> or `NMSDecoder` (per-class non-maximum suppression, the usual alternative, for
          comparison)
       -> `detection_boxes` `[D, 4]`, `detection_scores` `[D]`, `detection_classes` `[D]`,
@@ -11,8 +11,9 @@
 
 They play the part of keras-hub's `prediction_decoder` (RetinaNet's `NonMaxSuppression`
 layer): serializable Keras layers whose options are part of the detector's config, so
-`keras.models.load_model` restores them. Both keep the boxes' order and units (yxyx; the
-detector passes coordinates normalized to the original image).
+`keras.models.load_model` restores them. Both keep the boxes' order and units (yxyx). The
+merge's score is not invariant to a different scale per axis: give it boxes in pixels of the
+original image (or any units with the same scale on both axes).
 """
 
 from __future__ import annotations
@@ -22,19 +23,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.merge import (
-    DEFAULT_MAX_OUTPUT,
-    MERGE_THRESHOLD,
-    MergeResult,
-    greedy_merge,
-    mutual_merge,
-)
+from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, merge_boxes
 
 COMBINE = ("merge", "nms")
-# "rounds": all mutual best pairs merge at once, round after round (`merge.mutual_merge`, few
-# dependent loop iterations: GPU- and serving-friendly); "sequential": one merge per step,
-# the paper's wording (`merge.greedy_merge`, the reference).
-MERGE_ALGORITHMS = ("rounds", "sequential")
 
 
 def _check_max_detections(value: Any) -> int:
@@ -55,37 +46,32 @@ def detections_dict(result: MergeResult) -> dict[str, tf.Tensor]:
 
 
 @keras.saving.register_keras_serializable(package="overfeat_tf")
-class GreedyMergeDecoder(keras.layers.Layer):
-    """The paper's greedy merge as a prediction decoder (OverFeat §4.3).
+class BoxMergeDecoder(keras.layers.Layer):
+    """The paper's box merge as a prediction decoder (`merge.merge_boxes`).
 
     Paper: Sermanet et al., "OverFeat: Integrated Recognition, Localization and Detection
-    using Convolutional Networks", ICLR 2014, §4.3: the two boxes with the lowest
-    `match_score` (of one class) merge while it is <= `merge_threshold`; a merged box is the
-    average of its members and its confidence is the SUM of theirs.
+    using Convolutional Networks", ICLR 2014, §4.3: boxes of one class whose `match_score`
+    is <= `merge_threshold` merge; a merged box is the mean of its members and its
+    confidence the SUM of theirs. Here in rounds: every cluster finds its best match of its
+    class and all mutual best matches at <= t merge at once, until a round merges nothing.
 
-    Input: `boxes` `[M, 4]` yxyx (any units; the output keeps them), `scores` `[M]`,
-    `classes` `[M]` int. Output: the dict of `detections_dict`, each padded to
-    `max_detections` rows (`[D, 4]`, `[D]`, `[D]`, `[D]`, and `num_detections` `[]`).
-
-    Two algorithms apply these rules: "rounds" (default, `merge.mutual_merge`): in each round
-    every cluster finds its best partner and all mutual best pairs at <= t merge at once, so
-    the dependent loop iterations are few (tens for thousands of boxes); "sequential"
-    (`merge.greedy_merge`): the single best pair merges per step, the paper's wording (one
-    loop step per merge). Their results agree closely (BENCHMARKS.md, "Decoders"); with
-    "rounds" the output also holds `merge_rounds` (`[]` int32).
+    Input: `boxes` `[M, 4]` yxyx in pixels of the original image (or any units with the
+    same scale on both axes; the output keeps them), `scores` `[M]`, `classes` `[M]` int.
+    Output: the dict of `detections_dict`, padded to D = `max_detections` rows:
+    `detection_boxes` `[D, 4]`, `detection_scores` `[D]`, `detection_classes` `[D]`,
+    `detection_members` `[D]`, `num_detections` `[]` (valid rows, min(D, clusters)).
 
     Args:
         merge_threshold: `t` of the merge (`merge.MERGE_THRESHOLD`); lower merges less.
         max_detections: D, the merged boxes kept (highest accumulated scores).
-        algorithm: "rounds" or "sequential" (`MERGE_ALGORITHMS`).
-        jit_compile: compile the merge's kernels with XLA (None: XLA except while a
-            SavedModel is traced; see `merge.greedy_merge`). Same results either way.
+        jit_compile: score the merge's rounds with XLA-compiled kernels (notebooks); same
+            results. Keep False in anything exported (TF Serving may lack the XLA JIT).
 
     Example:
-        >>> decoder = GreedyMergeDecoder(merge_threshold=0.5, max_detections=10)
-        >>> out = decoder(tf.constant([[0., 0., .5, .5], [0., 0., .5, .52]]),
+        >>> decoder = BoxMergeDecoder(merge_threshold=0.5, max_detections=10)
+        >>> out = decoder(tf.constant([[0., 0., 50., 50.], [0., 0., 50., 52.]]),
         ...               tf.constant([.9, .8]), tf.constant([3, 3]))
-        >>> int(out["num_detections"]), float(out["detection_scores"][0])
+        >>> int(out["num_detections"]), round(float(out["detection_scores"][0]), 3)
         (1, 1.7)
     """
 
@@ -93,39 +79,65 @@ class GreedyMergeDecoder(keras.layers.Layer):
         self,
         merge_threshold: float = MERGE_THRESHOLD,
         max_detections: int = DEFAULT_MAX_OUTPUT,
-        algorithm: str = "rounds",
-        jit_compile: bool | None = None,
+        jit_compile: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not merge_threshold > 0:
             raise ValueError(f"merge_threshold must be > 0, got {merge_threshold}.")
-        if algorithm not in MERGE_ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {MERGE_ALGORITHMS}, got {algorithm!r}.")
-        if jit_compile not in (None, True, False):
-            raise ValueError(f"jit_compile must be None, True or False, got {jit_compile!r}.")
+        if jit_compile not in (True, False):
+            raise ValueError(f"jit_compile must be True or False, got {jit_compile!r}.")
         self.merge_threshold = float(merge_threshold)
         self.max_detections = _check_max_detections(max_detections)
-        self.algorithm = algorithm
-        self.jit_compile = jit_compile
+        self.jit_compile = bool(jit_compile)
 
     def call(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> dict:
+        result = merge_boxes(
+            boxes,
+            scores,
+            classes,
+            self.merge_threshold,
+            self.max_detections,
+            jit_compile=self.jit_compile,
+        )
+        return detections_dict(result)
+
+    def loop_iterations(self, boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+        """The merge's dependent loop iterations on these boxes ([] int32: its rounds, the
+        last one included, plus row blocks of multi-block rounds; `merge.merge_boxes`)."""
         args = (boxes, scores, classes, self.merge_threshold, self.max_detections)
-        if self.algorithm == "sequential":
-            return detections_dict(greedy_merge(*args, jit_compile=self.jit_compile))
-        result, rounds = mutual_merge(*args, jit_compile=self.jit_compile, return_rounds=True)
-        return {**detections_dict(result), "merge_rounds": rounds}
+        return merge_boxes(*args, jit_compile=self.jit_compile, return_iterations=True)[1]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             merge_threshold=self.merge_threshold,
             max_detections=self.max_detections,
-            algorithm=self.algorithm,
             jit_compile=self.jit_compile,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="overfeat_tf")
+class GreedyMergeDecoder(BoxMergeDecoder):
+    """`BoxMergeDecoder` under the name stored in older `.keras` files; same behaviour.
+
+    Accepts and ignores their `algorithm` key ("rounds" or "sequential": there is one merge,
+    the rounds of `merge.merge_boxes`, so files asking for "sequential" run it too) and
+    reads `jit_compile: null` as False.
+    """
+
+    def __init__(
+        self,
+        merge_threshold: float = MERGE_THRESHOLD,
+        max_detections: int = DEFAULT_MAX_OUTPUT,
+        algorithm: str | None = None,
+        jit_compile: bool | None = False,
+        **kwargs: Any,
+    ) -> None:
+        del algorithm
+        super().__init__(merge_threshold, max_detections, bool(jit_compile), **kwargs)
 
 
 def class_nms(
@@ -136,7 +148,7 @@ def class_nms(
     max_output: int,
     per_class: bool = True,
 ) -> MergeResult:
-    """Non-maximum suppression, padded like `greedy_merge`'s output.
+    """Non-maximum suppression, padded like `merge.merge_boxes`' output.
 
     Boxes `[M, 4]` yxyx (any units) -> `MergeResult`, best first. With `per_class`, boxes of
     different classes never suppress each other (they are offset by class, so one
@@ -168,7 +180,7 @@ class NMSDecoder(keras.layers.Layer):
     """Per-class non-maximum suppression as a prediction decoder (the baseline the paper's
     merge is compared with, OverFeat §4.3 / R-CNN).
 
-    Input and output as `GreedyMergeDecoder`: `boxes` `[M, 4]` yxyx (any units), `scores`
+    Input and output as `BoxMergeDecoder`: `boxes` `[M, 4]` yxyx (any units), `scores`
     `[M]`, `classes` `[M]` -> the kept boxes, padded to `max_detections` rows, best first;
     a detection's score is its own window's (nothing is accumulated), `detection_members` 1.
 
@@ -229,10 +241,10 @@ def make_decoder(
     nms_iou: float = 0.5,
     max_detections: int = DEFAULT_MAX_OUTPUT,
 ) -> keras.layers.Layer:
-    """The decoder layer of a `combine` choice: "merge" -> `GreedyMergeDecoder` (at
-    `merge_threshold`), "nms" -> `NMSDecoder` (at `nms_iou`)."""
+    """The decoder layer of a `combine` choice: "merge" -> `BoxMergeDecoder`, "nms" ->
+    `NMSDecoder`."""
     if combine == "merge":
-        return GreedyMergeDecoder(merge_threshold, max_detections)
+        return BoxMergeDecoder(merge_threshold, max_detections)
     if combine == "nms":
         return NMSDecoder(nms_iou, max_detections)
     raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")
@@ -240,7 +252,7 @@ def make_decoder(
 
 def decoder_options(decoder: keras.layers.Layer) -> dict[str, Any]:
     """`DECODER_OPTIONS` of a decoder layer (the other kind's threshold at its default)."""
-    merge = isinstance(decoder, GreedyMergeDecoder)
+    merge = isinstance(decoder, BoxMergeDecoder)
     return {
         "combine": "merge" if merge else "nms",
         "merge_threshold": decoder.merge_threshold if merge else MERGE_THRESHOLD,

@@ -5,7 +5,7 @@ stages (`detector.OverFeatDetector`: `levels` -> `dense_boxes`: every window of 
 classes of every scale and flip predicts a box) once and decodes the *same* dense boxes two
 ways, with the detector's `decode`:
 
-- `merge`: the paper's merge (§4.3, `decoders.GreedyMergeDecoder`), what
+- `merge`: the paper's merge (§4.3, `decoders.BoxMergeDecoder`), what
   `detector.predict` and the export answer;
 - `nms`: per-class `tf.image.non_max_suppression` (`decoders.NMSDecoder`), the usual
   alternative the paper compares against ("more robust to false positives ... than

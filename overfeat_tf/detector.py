@@ -39,7 +39,7 @@ from overfeat_tf import boxes as box_ops
 from overfeat_tf.config import check_stride
 from overfeat_tf.decoders import (
     DECODER_OPTIONS,
-    GreedyMergeDecoder,
+    BoxMergeDecoder,
     NMSDecoder,
     decoder_options,
     make_decoder,
@@ -121,7 +121,7 @@ class OverFeatDetector(keras.Model):
     Args:
         backbone: an `OverFeat` network (with a regressor for real boxes; without one every
             window is its own box; with a background class, it is left out of the scores).
-        prediction_decoder: a `decoders.GreedyMergeDecoder` (default) or `NMSDecoder`; it
+        prediction_decoder: a `decoders.BoxMergeDecoder` (default) or `NMSDecoder`; it
             receives every window's box in PIXELS of the original image.
         scales: pyramid scales (ints = short sides, `(h, w)` pairs); None = the net's.
         flips: also run each scale's left-right flip.
@@ -160,10 +160,10 @@ class OverFeatDetector(keras.Model):
         kwargs.setdefault("name", "overfeat_detector")
         super().__init__(**kwargs)
         self.backbone = backbone_of(backbone)
-        decoder = prediction_decoder if prediction_decoder is not None else GreedyMergeDecoder()
-        if not isinstance(decoder, GreedyMergeDecoder | NMSDecoder):
+        decoder = prediction_decoder if prediction_decoder is not None else BoxMergeDecoder()
+        if not isinstance(decoder, BoxMergeDecoder | NMSDecoder):
             raise ValueError(
-                "prediction_decoder must be a GreedyMergeDecoder or an NMSDecoder, got "
+                "prediction_decoder must be a BoxMergeDecoder or an NMSDecoder, got "
                 f"{type(decoder).__name__}."
             )
         if not isinstance(flips, bool):
@@ -199,7 +199,7 @@ class OverFeatDetector(keras.Model):
         parameters = inspect.signature(cls.__init__).parameters
         return {
             **{name: parameters[name].default for name in BOX_OPTIONS},
-            **decoder_options(GreedyMergeDecoder()),
+            **decoder_options(BoxMergeDecoder()),
         }
 
     def with_options(self, **changes: Any) -> OverFeatDetector:

@@ -80,7 +80,9 @@ import overfeat_tf
 from overfeat_tf import image_io, pyramid
 from overfeat_tf.atomic import atomic_path
 from overfeat_tf.config import ModelConfig
+from overfeat_tf.decoders import BoxMergeDecoder
 from overfeat_tf.detector import (
+    BOX_OPTIONS,
     TOP_CLASSES,
     OverFeatDetector,
     as_detector,
@@ -321,6 +323,17 @@ def _feature_extractor(
     return extract
 
 
+def _without_xla(detector: OverFeatDetector) -> OverFeatDetector:
+    """`detector`, its merge in plain TF ops (TF Serving may lack the XLA JIT): a decoder
+    asking for XLA is replaced by the same merge without it."""
+    decoder = detector.prediction_decoder
+    if not getattr(decoder, "jit_compile", False):
+        return detector
+    plain = BoxMergeDecoder(decoder.merge_threshold, decoder.max_detections)
+    boxes = {name: detector.options[name] for name in BOX_OPTIONS}
+    return OverFeatDetector(detector.backbone, plain, **boxes)
+
+
 def build_export(
     model: keras.Model, options: ExportOptions | None = None
 ) -> keras.export.ExportArchive:
@@ -336,7 +349,7 @@ def build_export(
         ValueError: not an OverFeat model, or a feature layer / size the net cannot give.
     """
     options = options or ExportOptions()
-    detector = as_detector(model)
+    detector = _without_xla(as_detector(model))
     net = detector.backbone
     config = net.config
     layer, feature_side = feature_target(model, options)

@@ -16,10 +16,10 @@ import tensorflow as tf
 
 import overfeat_tf
 from overfeat_tf import detection_eval, evaluation, serving
-from overfeat_tf.decoders import GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.decoders import BoxMergeDecoder, NMSDecoder
 from overfeat_tf.detector import OverFeatDetector, as_detector, detect, localize
-from overfeat_tf.merge_reference import greedy_merge_numpy, mutual_merge_numpy
 from overfeat_tf.models import OverFeat
+from tests.merge_reference import mutual_merge_numpy
 
 NAMES = ["circle", "square", "triangle"]
 SCALES = (231, 247)
@@ -44,7 +44,7 @@ def _net(kind: str, seed: int = 0) -> OverFeat:
 
 def _detector(kind: str) -> OverFeatDetector:
     return OverFeatDetector(
-        _net(kind), GreedyMergeDecoder(max_detections=20), scales=SCALES, max_boxes=600
+        _net(kind), BoxMergeDecoder(max_detections=20), scales=SCALES, max_boxes=600
     )
 
 
@@ -62,15 +62,11 @@ def _random_boxes(rng: np.random.Generator, n: int, classes: int):
     return boxes, rng.uniform(0.01, 1, n).astype(np.float32), rng.integers(0, classes, n)
 
 
-@pytest.mark.parametrize(
-    ("algorithm", "reference"),
-    [("rounds", mutual_merge_numpy), ("sequential", greedy_merge_numpy)],
-)
-def test_merge_decoder_equals_the_numpy_merge(rng, algorithm, reference):
+def test_merge_decoder_equals_the_numpy_merge(rng):
     boxes, scores, classes = _random_boxes(rng, 60, 3)
-    decoder = GreedyMergeDecoder(0.7, 100, algorithm=algorithm)
+    decoder = BoxMergeDecoder(0.7, 100)
     out = decoder(boxes, scores, classes)
-    want_boxes, want_scores, want_classes, members = reference(boxes, scores, classes, 0.7)[:4]
+    want_boxes, want_scores, want_classes, members = mutual_merge_numpy(boxes, scores, classes)
     n = int(out["num_detections"])
     assert n == len(want_scores)
     np.testing.assert_allclose(out["detection_boxes"][:n], want_boxes, atol=1e-5)
@@ -128,7 +124,7 @@ def test_class_agnostic_nms_decoder_equals_a_numpy_nms(rng):
 
 def test_decoders_inside_tf_data_equal_eager(rng):
     boxes, scores, classes = _random_boxes(rng, 40, 2)
-    decoder = GreedyMergeDecoder(max_detections=30)
+    decoder = BoxMergeDecoder(max_detections=30)
     eager = decoder(boxes, scores, classes)
     ds = tf.data.Dataset.from_tensors((boxes, scores, classes)).map(
         lambda b, s, c: decoder(b, s, c)
@@ -141,7 +137,7 @@ def test_decoders_inside_tf_data_equal_eager(rng):
 @pytest.mark.parametrize(
     "decoder",
     [
-        GreedyMergeDecoder(0.5, 7, "sequential", jit_compile=False),
+        BoxMergeDecoder(0.5, 7, jit_compile=True),
         NMSDecoder(0.3, 9, per_class=False),
     ],
     ids=["merge", "nms"],
@@ -156,7 +152,7 @@ def test_decoder_config_round_trips(decoder):
 
 def test_bad_options_are_value_errors():
     with pytest.raises(ValueError, match="merge_threshold"):
-        GreedyMergeDecoder(merge_threshold=0)
+        BoxMergeDecoder(merge_threshold=0)
     with pytest.raises(ValueError, match="iou_threshold"):
         NMSDecoder(iou_threshold=1.5)
     with pytest.raises(ValueError, match="max_detections"):

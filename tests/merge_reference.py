@@ -1,19 +1,23 @@
-"""Plain NumPy reference of the paper's greedy box merge (§4.3), for tests; no TF ops.
+"""Plain NumPy references of the paper's box merge (§4.3), for tests and benchmarks; no TF ops.
 
-Written from the definitions in the docstring of `overfeat_tf.merge` (match_score, the
-greedy loop, tie and output order), independently of the TF implementation: float64, the
-cluster means recomputed from their members, O(n^3) per class. Boxes are yxyx, any units.
-Also the reference of the mutual-best-match merge (`mutual_merge_numpy`, see
-`overfeat_tf.merge_mutual`), written from its definition the same way.
+Written from the definitions in the docstring of `overfeat_tf.merge` (match_score, tie and
+output order), independently of the TF implementation: float64, cluster means recomputed
+from their members. Boxes are yxyx in pixels (or any units with one scale for both axes).
+
+- `mutual_merge_numpy`: the rounds of mutual best matches, the algorithm of
+  `overfeat_tf.merge.merge_boxes` (equal to it up to float rounding).
+- `sequential_merge_numpy`: the paper's wording, one pair per step: per class, merge the pair
+  with the lowest match_score while it is <= t (ties: lexicographic order of the clusters'
+  keys). O(n^3) per class.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from overfeat_tf.merge_score import MERGE_THRESHOLD
+from overfeat_tf.merge import MERGE_THRESHOLD
 
-__all__ = ["greedy_merge_numpy", "match_score_numpy", "mutual_merge_numpy"]
+__all__ = ["match_score_numpy", "mutual_merge_numpy", "sequential_merge_numpy"]
 
 
 def match_score_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -34,13 +38,13 @@ def match_score_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     return distance / np.sqrt(np.maximum(np.minimum(area_a, area_b), 1e-12)) + 1 - iou
 
 
-def greedy_merge_numpy(
+def sequential_merge_numpy(
     boxes: np.ndarray,
     scores: np.ndarray,
     classes: np.ndarray,
     threshold: float = MERGE_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Plain reference of the paper's greedy merge (float64, O(n^3) per class; for tests).
+    """The paper's one-pair-per-step merge (float64, O(n^3) per class).
 
     Args:
         boxes: [N, 4] yxyx. scores: [N]. classes: [N] integer.
@@ -93,7 +97,7 @@ def mutual_merge_numpy(
     tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     | tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], int]
 ):
-    """Plain reference of the mutual-best-match merge (`overfeat_tf.merge_mutual`; float64).
+    """The rounds of mutual best matches (`overfeat_tf.merge.merge_boxes`; float64).
 
     Per class: boxes with identical coordinates start as one cluster; then, in rounds,
     every cluster's best partner is the other cluster of its class with the lowest

@@ -41,10 +41,9 @@ from benchmarks.bench_suite import (
 )
 from overfeat_tf import merge, serving
 from overfeat_tf.detector import OverFeatDetector
-
-BOX_BUDGET = OverFeatDetector.default_options()["max_boxes"]
 from tests.merge_reference import sequential_merge_numpy
 
+BOX_BUDGET = OverFeatDetector.default_options()["max_boxes"]
 SERVE_CLASSES = 20
 
 

@@ -15,7 +15,7 @@ From each of the two it scores, over the split (`overfeat_tf.metrics`):
 
 - detection: AP@`iou_threshold` per class and their mean (mAP, over the classes with ground
   truth), COCO's definition, computed by pycocotools' COCOeval; every detection of every
-  image kept (up to `options.max_detections` per image);
+  image kept (up to the detector's `max_detections` per image);
 - localization: the ILSVRC error with `guesses` (5) guesses per image: the best box of each
   of the best classes of the detections (`detector.first_box_per_class`, as
   `detector.localize`, with `top_k = guesses` classes per level); correct if one guess has

@@ -63,7 +63,7 @@ def test_main_job_end_to_end(shapes_small_dir, tmp_path):
     assert all(s["final_step"] == 2 for s in report["stages"])
     # the final detector: loadable, with the evaluation's pyramid as its options
     model = keras.models.load_model(report["model_path"])
-    assert isinstance(model, OverFeatDetector) and model.options.scales == (247, 279)
+    assert isinstance(model, OverFeatDetector) and model.options["scales"] == [247, 279]
     assert model.backbone.regressor == "class_specific" and model.backbone.background
     # the numbers, from the evaluation of 2 test images
     numbers = main_job.summary(report)

@@ -215,7 +215,7 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
         else:
             if m.name == last_fc:  # adaptation layers (not numbered) feed fc8
                 for adapt in adapted:
-                    x = model.get_layer(adapt)(x)
+                    x = model.get_layer(f"{adapt}_relu")(model.get_layer(adapt)(x))
             x = model.get_layer(name)(x)
         if m.name == target:
             break

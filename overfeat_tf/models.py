@@ -80,7 +80,7 @@ def _classifier_layers(config: ModelConfig, adaptation: int = 0) -> list[str]:
     for m in head:
         if m is head[-1]:
             for name in adaptation_names(adaptation):
-                names += [name, f"{name}_dropout"]
+                names += [name, f"{name}_relu", f"{name}_dropout"]
         names.append(keras_layer_name(m))
         if m.kind == "relu":
             names.append(f"{m.layer}_dropout")
@@ -96,7 +96,14 @@ def _make_layers(
     adaptation: tuple[int, ...] = (),
 ) -> dict[str, keras.layers.Layer]:
     """Create every layer of the trunk and the heads once, keyed by its Keras name (the
-    pools at the last conv map excepted: `_spatial_outputs` and `crop_model` make those)."""
+    pools at the last conv map excepted: `_spatial_outputs` and `crop_model` make those).
+
+    Every convolution (adaptation and regressor layers included) computes without
+    activation and is followed by its own ReLU layer `<name>_relu`. Keras orders a
+    functional model's layers by their depth in the graph, and a `.keras` file stores
+    weights in that order per layer class; one uniform rule keeps the order of the
+    `MatmulConv2D` layers (fc6, fc7, adaptN, reg_*, fc8) that of files saved by models
+    whose layers applied the ReLU themselves, so those files still load."""
     common = {"kernel_initializer": initializer, "dtype": dtype}
     seq = topology.modules(config)
     last_fc = [m for m in seq if m.kind in WEIGHTED][-1]  # fc8: + the background class
@@ -129,14 +136,16 @@ def _make_layers(
         elif m.kind == "pool" and not m.dense:
             layers[name] = keras.layers.MaxPooling2D(m.pool, name=name, dtype=dtype)
     for name, width in zip(adaptation_names(len(adaptation)), adaptation, strict=True):
-        layers[name] = MatmulConv2D(width, 1, activation="relu", name=name, **common)
+        layers[name] = MatmulConv2D(width, 1, name=name, **common)
+        layers[f"{name}_relu"] = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)
         layers[f"{name}_dropout"] = keras.layers.Dropout(config.dropout, name=f"{name}_dropout")
     if regressor is not None:
         r1, r2 = config.regressor_filters
         outputs = 4 * config.num_classes if regressor == "class_specific" else 4
         window = config.fc6_window
-        layers["reg_fc1"] = MatmulConv2D(r1, window, activation="relu", name="reg_fc1", **common)
-        layers["reg_fc2"] = MatmulConv2D(r2, 1, activation="relu", name="reg_fc2", **common)
+        for name, width, kernel in (("reg_fc1", r1, window), ("reg_fc2", r2, 1)):
+            layers[name] = MatmulConv2D(width, kernel, name=name, **common)
+            layers[f"{name}_relu"] = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)
         layers["reg_out"] = MatmulConv2D(outputs, 1, name="reg_out", **common)
     return layers
 
@@ -159,7 +168,7 @@ def _classifier(
 
 
 def _regressor(get: Callable[[str], keras.layers.Layer], pooled: Any) -> Any:
-    return _chain(get, list(REGRESSOR_LAYERS), pooled)
+    return _chain(get, ["reg_fc1", "reg_fc1_relu", "reg_fc2", "reg_fc2_relu", "reg_out"], pooled)
 
 
 def _spatial_outputs(

@@ -91,3 +91,21 @@ def test_split_at_the_dense_pool():
 def test_parameter_count_is_the_models(config, count):
     assert topology.parameter_count(config) == count
     assert OverFeat(config).count_params() == count
+
+
+@pytest.mark.parametrize(
+    "adaptation, order",
+    [
+        ((), ["fc6", "reg_fc1", "fc7", "reg_fc2", "reg_out", "fc8"]),
+        ((8,), ["fc6", "fc7", "reg_fc1", "adapt1", "reg_fc2", "reg_out", "fc8"]),
+        ((8, 8), ["fc6", "fc7", "adapt1", "reg_fc1", "adapt2", "reg_fc2", "reg_out", "fc8"]),
+    ],
+)
+def test_weighted_layer_order_is_the_saved_files(adaptation, order):
+    """A `.keras` file stores weights per layer class in `model.layers` order (by graph
+    depth); this is the order of the files saved so far, which must keep loading."""
+    model = OverFeat(
+        TINY, regressor="class_agnostic", adaptation=adaptation, kernel_initializer="zeros"
+    )
+    names = [layer.name for layer in model.layers if layer.weights]
+    assert names == [f"conv{i}" for i in range(1, 6)] + order

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from overfeat_tf import topology
 from overfeat_tf.atomic import atomic_path
 from overfeat_tf.config import CONFIGS, ModelConfig, get_config
 from overfeat_tf.models import PAPER_INITIALIZER, OverFeat
@@ -70,21 +71,15 @@ class TensorEntry(NamedTuple):
 
 
 def weight_layout(config: str | ModelConfig) -> list[TensorEntry]:
-    """Every tensor of an OverFeat weight file, in file order (derived from `ModelConfig`).
+    """Every tensor of an OverFeat weight file, in file order: the conv and fc modules of
+    `topology.weighted(config)`, each one's kernel then its bias.
 
     For the fast net: conv1 kernel `[96, 3, 11, 11]`, conv1 bias `[96]`, conv2 kernel
     `[256, 96, 5, 5]`, ..., fc6 kernel `[3072, 1024, 6, 6]`, ..., fc8 bias `[1000]`.
     """
-    config = get_config(config)
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    channels = 3
-    for i, spec in enumerate(config.convs, start=1):
-        shapes.append((f"conv{i}", (spec.filters, channels, spec.kernel, spec.kernel)))
-        channels = spec.filters
-    window = config.fc6_window
-    shapes.append(("fc6", (config.fc6_filters, channels, window, window)))
-    shapes.append(("fc7", (config.fc7_filters, config.fc6_filters, 1, 1)))
-    shapes.append(("fc8", (config.num_classes, config.fc7_filters, 1, 1)))
+    shapes = [
+        (m.layer, (m.filters, m.in_channels, m.kernel, m.kernel)) for m in topology.weighted(config)
+    ]
     entries = []
     offset = 0
     for layer, shape in shapes:

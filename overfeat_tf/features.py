@@ -5,9 +5,10 @@ Layers are named after the paper, or numbered like the modules of the released O
 sequence: module 0 is the input normalization, then every zero padding, convolution, ReLU
 (`nn.Threshold`) and max-pool is a module of its own, and fc6..fc8 are convolutions too
 (6x6 / 5x5, then 1x1). There are no dropout modules at test time. A convolution's number is
-its output *before* the ReLU (`convN_linear`, `fcN_linear`); the next number is the ReLU's
-output (`convN`, `fcN`: the Keras layers' outputs). `tiny` has the fast net's topology, so
-it has the fast net's numbers:
+its output *before* the ReLU (`convN_linear`, `fcN_linear`: the outputs of the model's
+Keras layers `convN`, `fcN`); the next number is the ReLU's output (`convN`, `fcN`: the
+layers `convN_relu`, `fcN_relu`). The sequence is `topology.modules`. `tiny` has the fast
+net's topology, so it has the fast net's numbers:
 
     n   fast / tiny   module           accurate      module
     0   normalize     normalization    normalize     normalization
@@ -76,14 +77,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from overfeat_tf import topology
 from overfeat_tf.atomic import save_npy
 from overfeat_tf.config import ModelConfig, get_config
 from overfeat_tf.image_io import load_image, resize_short_side, short_message
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
-from overfeat_tf.models import adaptation_names
+from overfeat_tf.models import adaptation_names, keras_layer_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-_CLASSIFIER = ("fc6_linear", "fc6", "fc7_linear", "fc7", "fc8")
 INPUT_LAYER = "normalize"
 """Layer 0: the normalized input `(x - 118.380948) / 61.896913` (the model's first layer)."""
 FEATURE_LAYER = "fc7_linear"
@@ -95,17 +96,10 @@ def layer_names(config: str | ModelConfig) -> list[str]:
 
     Module 0 is the input normalization; then per conv layer its zero padding (3x3 layers),
     the convolution (`convN_linear`, before the ReLU), the ReLU (`convN`) and its max-pool if
-    it pools (`poolN`); then fc6, fc7 (each before / after its ReLU) and fc8.
+    it pools (`poolN`); then fc6, fc7 (each before / after its ReLU) and fc8
+    (`topology.modules`).
     """
-    config = get_config(config)
-    names: list[str] = [INPUT_LAYER]
-    for i, spec in enumerate(config.convs, start=1):
-        if spec.padding:
-            names.append(f"pad{i}")
-        names += [f"conv{i}_linear", f"conv{i}"]
-        if spec.pool:
-            names.append(f"pool{i}")
-    return names + list(_CLASSIFIER)
+    return topology.module_names(config)
 
 
 def resolve_layer(config: str | ModelConfig, layer: str | int) -> str:
@@ -144,24 +138,23 @@ def feature_size(
     config = get_config(config)
     target = resolve_layer(config, layer)
     _check_stride(stride)
-    if target == INPUT_LAYER:
-        return max(side, 0)
-    last = len(config.convs)
-    for i, spec in enumerate(config.convs, start=1):
-        side += 2 * spec.padding
-        if target == f"pad{i}":
+    side = max(side, 0)
+    fine = False  # after the dense pool at the fine stride: sides count fine-map cells
+    for m in topology.modules(config):
+        if m.kind == "pad":
+            side += 2 * m.padding
+        elif m.kind == "conv":
+            side = (side - m.kernel) // m.stride + 1 if side >= m.kernel else 0
+        elif m.kind == "pool":
+            fine = m.dense and stride == "fine"
+            side = side - m.pool + 1 if fine else side // m.pool
+        elif m.kind == "fc":
+            side -= (config.pool_size if fine else 1) * (m.kernel - 1)
+        if side < 1:
+            return 0
+        if m.name == target:
             return side
-        side = (side - spec.kernel) // spec.stride + 1 if side >= spec.kernel else 0
-        if side < 1 or target in (f"conv{i}_linear", f"conv{i}"):
-            return max(side, 0)
-        if spec.pool:
-            fine = i == last and stride == "fine"
-            side = side - spec.pool + 1 if fine else side // spec.pool
-            if side < 1 or target == f"pool{i}":
-                return max(side, 0)
-    window = config.fc6_window
-    dilation = config.pool_size if stride == "fine" else 1
-    return max(side - dilation * (window - 1), 0)
+    raise ValueError(f"Layer {target!r} not found.")  # unreachable: resolve_layer checked it
 
 
 def min_input_size(config: str | ModelConfig, layer: str | int, stride: str = "coarse") -> int:
@@ -172,26 +165,8 @@ def min_input_size(config: str | ModelConfig, layer: str | int, stride: str = "c
     return side
 
 
-class _Linear(keras.layers.Layer):
-    """A convolution layer's output before its activation, with the layer's own weights.
-
-    OverFeat numbers a convolution and its ReLU as two layers; Keras fuses them, so this
-    re-applies the shared kernel and bias without the activation.
-    """
-
-    def __init__(self, conv: keras.layers.Conv2D, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.conv = conv
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        kernel = keras.ops.cast(self.conv.kernel, x.dtype)
-        y = self.conv.convolution_op(x, kernel)
-        if self.conv.use_bias:
-            y = y + keras.ops.cast(self.conv.bias, x.dtype)
-        return y
-
-
-def _check_model(model: Any) -> ModelConfig:
+def _model_config(model: Any) -> ModelConfig:
+    """The `ModelConfig` of an `OverFeat` model; ValueError for anything else."""
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
         raise ValueError(
@@ -215,61 +190,38 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
 
     `H', W'` for an input side are given by `feature_size`. Dropout is not applied.
     """
-    config = _check_model(model)
+    config = _model_config(model)
     target = resolve_layer(config, layer)
     _check_stride(stride)
     existing = {sub.name for sub in model.layers}
-    image = keras.Input(shape=(None, None, 3), name="image")
-
-    def done(features: Any) -> keras.Model:
-        return keras.Model(image, features, name=f"{model.name}_{target}_{stride}")
-
-    x = model.get_layer("normalize")(image)
-    if target == INPUT_LAYER:
-        return done(x)
-    last = len(config.convs)
-    for i, spec in enumerate(config.convs, start=1):
-        conv = model.get_layer(f"conv{i}")
-        if spec.padding:
-            if target == f"pad{i}":
-                return done(keras.layers.ZeroPadding2D(spec.padding, name=f"pad{i}")(x))
-            if f"pad{i}" in existing:  # the model pads explicitly (not "same")
-                x = model.get_layer(f"pad{i}")(x)
-        if target == f"conv{i}_linear":
-            return done(_Linear(conv, name=target)(x))
-        x = conv(x)
-        if target == f"conv{i}":
-            return done(x)
-        if spec.pool and i < last:
-            x = model.get_layer(f"pool{i}")(x)
-            if target == f"pool{i}":
-                return done(x)
-    k, unpooled = config.pool_size, x
-    if stride == "coarse":
-        x = keras.layers.MaxPooling2D(k, name=f"pool{last}")(unpooled)
-
-        def finish(y: Any) -> Any:
-            return y
-    else:
-        window = None if target == f"pool{last}" else config.fc6_window
-        x = DenseOffsetPooling(k, "fine", window=window, name=f"pool{last}_offsets")(unpooled)
-
-        def finish(y: Any) -> Any:
-            return OffsetInterleave(k, "fine", name=f"{target}_interleave")([y, unpooled])
-
-    if target == f"pool{last}":
-        return done(finish(x))
-    # adaptation layers (`OverFeat(adaptation=...)`) sit between fc7 and fc8: fc8 then reads
-    # their output; they are not numbered (the release has none) but fc8 stays reachable
     adapted = adaptation_names(len(getattr(model, "adaptation", ())))
-    for name in ("fc6", "fc7", *adapted, "fc8"):
-        fc = model.get_layer(name)
-        if target == f"{name}_linear":
-            return done(finish(_Linear(fc, name=target)(x)))
-        x = fc(x)
-        if target == name:
-            return done(finish(x))
-    raise ValueError(f"Layer {target!r} not found in {model.name}.")  # unreachable
+    last_fc = topology.weighted(config)[-1].name
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x, unpooled = image, None
+    for m in topology.modules(config):
+        name = keras_layer_name(m)
+        if m.kind == "pad" and name not in existing:  # a "same" conv pads by itself
+            if m.name == target:
+                x = keras.layers.ZeroPadding2D(m.padding, name=name)(x)
+                break
+            continue
+        if m.dense:
+            unpooled = x
+            if stride == "coarse":
+                x = keras.layers.MaxPooling2D(m.pool, name=m.name)(x)
+            else:
+                window = None if m.name == target else config.fc6_window
+                x = DenseOffsetPooling(m.pool, "fine", window=window, name=f"{m.name}_offsets")(x)
+        else:
+            if m.name == last_fc:  # adaptation layers (not numbered) feed fc8
+                for adapt in adapted:
+                    x = model.get_layer(f"{adapt}_relu")(model.get_layer(adapt)(x))
+            x = model.get_layer(name)(x)
+        if m.name == target:
+            break
+    if unpooled is not None and stride == "fine":
+        x = OffsetInterleave(config.pool_size, "fine", name=f"{target}_interleave")([x, unpooled])
+    return keras.Model(image, x, name=f"{model.name}_{target}_{stride}")
 
 
 def _as_images(images: Any) -> tuple[list[np.ndarray] | np.ndarray, str]:
@@ -322,7 +274,7 @@ def extract_features(
         `[B, H', W', C]` / `[B, C]` for a batch, `[H', W', C]` / `[C]` for one image, and a
         list of those for a list.
     """
-    config = _check_model(model)
+    config = _model_config(model)
     target = resolve_layer(config, layer)
     batch, kind = _as_images(images)
     for image in batch:
@@ -364,7 +316,7 @@ def _load_model(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file {path} not found.")
     model = keras.models.load_model(path)
-    _check_model(model)
+    _model_config(model)
     return model
 
 

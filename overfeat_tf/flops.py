@@ -25,10 +25,10 @@ fast 231x231 = 2.801 G multiply-adds = 5.60 GFLOP, accurate 221x221 = 5.355 G = 
 the paper's Table 4 gives 2810 M / 5369 M "connections" (0.3 % more; the paper does not say
 what else it counted).
 
-Geometry (kernels, strides, paddings, pools) comes from the network's `ModelConfig`
-ConvSpecs; channel widths from the Keras model's own kernels when a model is given (so a
-background class, a regressor head or another `num_classes` are counted), else from the
-config (classifier only).
+Geometry (kernels, strides, paddings, pools) comes from the network's module sequence
+(`topology.modules` of its `ModelConfig`); channel widths from the Keras model's own
+kernels when a model is given (so a background class, a regressor head or another
+`num_classes` are counted), else from the config (classifier only).
 
 Example:
     >>> from overfeat_tf import flops
@@ -45,14 +45,11 @@ from typing import Any
 
 import tensorflow as tf
 
+from overfeat_tf import topology
 from overfeat_tf.config import ModelConfig, get_config
 from overfeat_tf.layers import STRIDES
+from overfeat_tf.models import REGRESSOR_LAYERS
 from overfeat_tf.pyramid import Scale, check_scales, default_scales, level_size
-
-# The head layers run densely after the pooled last map, in order, with their kernel side
-# (None: the fc6 window K) and what feeds them.
-_CLASSIFIER = (("fc6", None), ("fc7", 1), ("fc8", 1))
-_REGRESSOR = (("reg_fc1", None), ("reg_fc2", 1), ("reg_out", 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,30 +90,20 @@ class LayerCount:
 def _widths(model_or_config: Any) -> tuple[ModelConfig, dict[str, tuple[int, ...]]]:
     """(config, {layer name: kernel shape [kh, kw, in, out]}) of a model, detector or config.
 
-    From a Keras model the kernel shapes are its layers' own; from a config (or a name or
-    dict) they are the config's, classifier only.
+    From a Keras model the kernel shapes are its layers' own (regressor included); from a
+    config (or a name or dict) they are the config's (`topology.weighted`), classifier only.
     """
     net = getattr(model_or_config, "backbone", model_or_config)
     if isinstance(net, str | dict | ModelConfig):
         config = get_config(net)
-        shapes: dict[str, tuple[int, ...]] = {}
-        channels = 3
-        for i, spec in enumerate(config.convs, start=1):
-            shapes[f"conv{i}"] = (spec.kernel, spec.kernel, channels, spec.filters)
-            channels = spec.filters
-        window = config.fc6_window
-        shapes["fc6"] = (window, window, channels, config.fc6_filters)
-        shapes["fc7"] = (1, 1, config.fc6_filters, config.fc7_filters)
-        shapes["fc8"] = (1, 1, config.fc7_filters, config.num_classes)
-        return config, shapes
+        return config, {m.layer: m.weight_shape for m in topology.weighted(config)}
     config = getattr(net, "config", None)
     if not isinstance(config, ModelConfig) or not hasattr(net, "get_layer"):
         raise ValueError(
             f"Expected an OverFeat model, an OverFeatDetector, a ModelConfig or an "
             f"architecture name, got {type(model_or_config).__name__}."
         )
-    names = [f"conv{i}" for i in range(1, len(config.convs) + 1)]
-    names += [name for name, _ in _CLASSIFIER + _REGRESSOR]
+    names = [m.layer for m in topology.weighted(config)] + list(REGRESSOR_LAYERS)
     layer_names = {layer.name for layer in net.layers}
     shapes = {
         name: tuple(int(d) for d in net.get_layer(name).kernel.shape)
@@ -136,24 +123,26 @@ def _check_hw(image_hw: Sequence[int]) -> tuple[int, int]:
 def _conv_counts(
     config: ModelConfig, shapes: dict[str, tuple[int, ...]], hw: tuple[int, int]
 ) -> tuple[list[LayerCount], tuple[int, int]]:
-    """The conv layers' counts and the unpooled last map's (h, w)."""
+    """The conv layers' counts and the unpooled last map's (h, w), walking the trunk's
+    modules (`topology.split`): zero paddings, convolutions and the pools between them."""
     counts = []
     size = list(hw)
-    last = len(config.convs)
-    for i, spec in enumerate(config.convs, start=1):
-        kh, kw, cin, cout = shapes[f"conv{i}"]
-        size = [
-            (s + 2 * spec.padding - k) // spec.stride + 1
-            for s, k in zip(size, (kh, kw), strict=True)
-        ]
-        if min(size) < 1:
-            raise ValueError(
-                f"Image {hw[0]}x{hw[1]} is too small for the {config.name!r} net: conv{i} "
-                f"would have no output; use at least {config.crop_size} px per side."
-            )
-        counts.append(LayerCount(f"conv{i}", (kh, kw), cin, cout, (size[0], size[1])))
-        if spec.pool and i < last:
-            size = [s // spec.pool for s in size]
+    trunk, _, _ = topology.split(config)
+    for m in trunk:
+        if m.kind == "pad":
+            size = [s + 2 * m.padding for s in size]
+        elif m.kind == "pool":
+            size = [s // m.pool for s in size]
+        elif m.kind == "conv":
+            kh, kw, cin, cout = shapes[m.layer]
+            size = [(s - k) // m.stride + 1 for s, k in zip(size, (kh, kw), strict=True)]
+            if min(size) < 1:
+                raise ValueError(
+                    f"Image {hw[0]}x{hw[1]} is too small for the {config.name!r} net: "
+                    f"{m.layer} would have no output; use at least {config.crop_size} px per "
+                    "side."
+                )
+            counts.append(LayerCount(m.layer, (kh, kw), cin, cout, (size[0], size[1])))
     return counts, (size[0], size[1])
 
 
@@ -202,7 +191,8 @@ def layer_counts(
             f"Image {hw[0]}x{hw[1]} is too small for the {config.name!r} net: no output "
             f"cell; use at least {config.crop_size} px per side."
         )
-    for name, _ in _CLASSIFIER + _REGRESSOR:
+    _, _, head = topology.split(config)
+    for name in [m.layer for m in head if m.kind == "fc"] + list(REGRESSOR_LAYERS):
         if name in shapes:
             kh, kw, cin, cout = shapes[name]
             counts.append(LayerCount(name, (kh, kw), cin, cout, (out[0], out[1])))

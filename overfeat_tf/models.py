@@ -12,7 +12,11 @@
 
 `OverFeat` is the spatial model (any image size). `OverFeat.crop_model()` is the training
 model (a fixed crop -> logits `[B, C]`); both call the same layer objects, so they share
-weights. Layer names follow the paper (`conv1`..`conv6`, `fc6`..`fc8`).
+weights. Both are built from `topology.modules(config)`, the release's module sequence:
+the layers holding weights are named after the paper (`conv1`..`conv6`, `fc6`..`fc8`) and
+compute the convolution without activation; each is followed by its own ReLU layer
+(`conv1_relu`, ..., `fc7_relu`), so the outputs before and after the ReLU (the modules
+`convN_linear` / `convN` of `features`) are both tensors of the model's graph.
 """
 
 from __future__ import annotations
@@ -23,25 +27,64 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ConvSpec, ModelConfig, get_config
+from overfeat_tf import topology
+from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ModelConfig, get_config
 from overfeat_tf.layers import STRIDES, DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.topology import WEIGHTED, Module
 
 REGRESSORS = (None, "class_agnostic", "class_specific")
+REGRESSOR_LAYERS = ("reg_fc1", "reg_fc2", "reg_out")  # the box regressor head, in order
 ADAPTATION_PREFIX = "adapt"  # adaptation layers adapt1, adapt2, ... between fc7 and fc8
 # Paper §3.1: weights initialised from N(0, 1e-2).
 PAPER_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.01}}
 
 
-def _same_padding(spec: ConvSpec) -> bool:
-    """Whether the spec's zero padding is Keras' "same" (3x3 pad 1 stride 1)."""
-    return spec.stride == 1 and spec.padding > 0 and 2 * spec.padding == spec.kernel - 1
+def _same_padding(pad: Module, conv: Module) -> bool:
+    """Whether a pad module and the conv after it are Keras' "same" (3x3 pad 1 stride 1)."""
+    return conv.stride == 1 and 2 * pad.padding == conv.kernel - 1
 
 
 def adaptation_names(count: int) -> list[str]:
     """The names of `count` adaptation layers, in order: `adapt1`, `adapt2`, ..."""
     return [f"{ADAPTATION_PREFIX}{i}" for i in range(1, count + 1)]
+
+
+def keras_layer_name(module: Module) -> str:
+    """The Keras layer that computes a module (`topology.modules`): conv / fc modules are the
+    paper-named layers holding the weights (`conv3`, `fc6`), applied without activation;
+    their ReLU modules are `conv3_relu`, `fc6_relu`; the others are named as the module."""
+    if module.kind in WEIGHTED:
+        return module.layer
+    if module.kind == "relu":
+        return f"{module.layer}_relu"
+    return module.name
+
+
+def _trunk_layers(config: ModelConfig) -> list[str]:
+    """The Keras layers the trunk applies, in order: image -> unpooled last conv map (a zero
+    padding that a "same" convolution does itself has no layer)."""
+    trunk, _, _ = topology.split(config)
+    return [
+        keras_layer_name(m)
+        for m, after in zip(trunk, [*trunk[1:], None], strict=True)
+        if not (m.kind == "pad" and after is not None and _same_padding(m, after))
+    ]
+
+
+def _classifier_layers(config: ModelConfig, adaptation: int = 0) -> list[str]:
+    """The Keras layers of the classifier, in order: pooled map -> class logits (dropout
+    after every ReLU; the adaptation layers just before the last fc layer)."""
+    _, _, head = topology.split(config)
+    names: list[str] = []
+    for m in head:
+        if m is head[-1]:
+            for name in adaptation_names(adaptation):
+                names += [name, f"{name}_relu", f"{name}_dropout"]
+        names.append(keras_layer_name(m))
+        if m.kind == "relu":
+            names.append(f"{m.layer}_dropout")
+    return names
 
 
 def _make_layers(
@@ -52,73 +95,80 @@ def _make_layers(
     dtype: Any,
     adaptation: tuple[int, ...] = (),
 ) -> dict[str, keras.layers.Layer]:
-    """Create every weighted layer once, keyed by its paper name (adaptation layers:
-    `adaptation_names`)."""
+    """Create every layer of the trunk and the heads once, keyed by its Keras name (the
+    pools at the last conv map excepted: `_spatial_outputs` and `crop_model` make those).
+
+    Every convolution (adaptation and regressor layers included) computes without
+    activation and is followed by its own ReLU layer `<name>_relu`. Keras orders a
+    functional model's layers by their depth in the graph, and a `.keras` file stores
+    weights in that order per layer class; one uniform rule keeps the order of the
+    `MatmulConv2D` layers (fc6, fc7, adaptN, reg_*, fc8) that of files saved by models
+    whose layers applied the ReLU themselves, so those files still load."""
     common = {"kernel_initializer": initializer, "dtype": dtype}
-    layers: dict[str, keras.layers.Layer] = {
-        "normalize": keras.layers.Rescaling(
-            1.0 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="normalize", dtype=dtype
-        )
-    }
-    last = len(config.convs)
-    for i, spec in enumerate(config.convs, start=1):
-        same = _same_padding(spec)
-        if spec.padding and not same:
-            layers[f"pad{i}"] = keras.layers.ZeroPadding2D(spec.padding, name=f"pad{i}")
-        layers[f"conv{i}"] = keras.layers.Conv2D(
-            spec.filters,
-            spec.kernel,
-            strides=spec.stride,
-            padding="same" if same else "valid",
-            activation="relu",
-            name=f"conv{i}",
-            **common,
-        )
-        if spec.pool and i < last:
-            layers[f"pool{i}"] = keras.layers.MaxPooling2D(spec.pool, name=f"pool{i}", dtype=dtype)
-    window = config.fc6_window
-    layers["fc6"] = MatmulConv2D(
-        config.fc6_filters, window, activation="relu", name="fc6", **common
-    )
-    layers["fc6_dropout"] = keras.layers.Dropout(config.dropout, name="fc6_dropout")
-    layers["fc7"] = MatmulConv2D(config.fc7_filters, 1, activation="relu", name="fc7", **common)
-    layers["fc7_dropout"] = keras.layers.Dropout(config.dropout, name="fc7_dropout")
+    seq = topology.modules(config)
+    last_fc = [m for m in seq if m.kind in WEIGHTED][-1]  # fc8: + the background class
+    layers: dict[str, keras.layers.Layer] = {}
+    for n, m in enumerate(seq):
+        name = keras_layer_name(m)
+        if m.kind == "normalize":
+            layers[name] = keras.layers.Rescaling(
+                1.0 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name=name, dtype=dtype
+            )
+        elif m.kind == "pad" and not _same_padding(m, seq[n + 1]):
+            layers[name] = keras.layers.ZeroPadding2D(m.padding, name=name)
+        elif m.kind in WEIGHTED:
+            same = seq[n - 1].kind == "pad" and _same_padding(seq[n - 1], m)
+            filters = m.filters + int(background) if m is last_fc else m.filters
+            conv = MatmulConv2D if m.kind == "fc" else keras.layers.Conv2D
+            layers[name] = conv(
+                filters,
+                m.kernel,
+                strides=m.stride,
+                padding="same" if same else "valid",
+                name=name,
+                **common,
+            )
+        elif m.kind == "relu":
+            layers[name] = keras.layers.ReLU(name=name, dtype=dtype)
+            if m.layer.startswith("fc"):
+                drop = f"{m.layer}_dropout"
+                layers[drop] = keras.layers.Dropout(config.dropout, name=drop)
+        elif m.kind == "pool" and not m.dense:
+            layers[name] = keras.layers.MaxPooling2D(m.pool, name=name, dtype=dtype)
     for name, width in zip(adaptation_names(len(adaptation)), adaptation, strict=True):
-        layers[name] = MatmulConv2D(width, 1, activation="relu", name=name, **common)
+        layers[name] = MatmulConv2D(width, 1, name=name, **common)
+        layers[f"{name}_relu"] = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)
         layers[f"{name}_dropout"] = keras.layers.Dropout(config.dropout, name=f"{name}_dropout")
-    outputs = config.num_classes + int(background)
-    layers["fc8"] = MatmulConv2D(outputs, 1, name="fc8", **common)
     if regressor is not None:
         r1, r2 = config.regressor_filters
         outputs = 4 * config.num_classes if regressor == "class_specific" else 4
-        layers["reg_fc1"] = MatmulConv2D(r1, window, activation="relu", name="reg_fc1", **common)
-        layers["reg_fc2"] = MatmulConv2D(r2, 1, activation="relu", name="reg_fc2", **common)
+        window = config.fc6_window
+        for name, width, kernel in (("reg_fc1", r1, window), ("reg_fc2", r2, 1)):
+            layers[name] = MatmulConv2D(width, kernel, name=name, **common)
+            layers[f"{name}_relu"] = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)
         layers["reg_out"] = MatmulConv2D(outputs, 1, name="reg_out", **common)
     return layers
 
 
-def apply_trunk(get: Callable[[str], keras.layers.Layer], image: Any, config: ModelConfig) -> Any:
-    """image [B, H, W, 3] raw pixels -> unpooled last conv map [B, Hu, Wu, C5]."""
-    x = get("normalize")(image)
-    for i, spec in enumerate(config.convs, start=1):
-        if spec.padding and not _same_padding(spec):
-            x = get(f"pad{i}")(x)
-        x = get(f"conv{i}")(x)
-        if spec.pool and i < len(config.convs):
-            x = get(f"pool{i}")(x)
+def _chain(get: Callable[[str], keras.layers.Layer], names: list[str], x: Any) -> Any:
+    for name in names:
+        x = get(name)(x)
     return x
 
 
-def _classifier(get: Callable[[str], keras.layers.Layer], pooled: Any, adaptation: int = 0) -> Any:
-    x = get("fc6_dropout")(get("fc6")(pooled))
-    x = get("fc7_dropout")(get("fc7")(x))
-    for name in adaptation_names(adaptation):
-        x = get(f"{name}_dropout")(get(name)(x))
-    return get("fc8")(x)
+def apply_trunk(get: Callable[[str], keras.layers.Layer], image: Any, config: ModelConfig) -> Any:
+    """image [B, H, W, 3] raw pixels -> unpooled last conv map [B, Hu, Wu, C5]."""
+    return _chain(get, _trunk_layers(config), image)
+
+
+def _classifier(
+    get: Callable[[str], keras.layers.Layer], pooled: Any, config: ModelConfig, adaptation: int
+) -> Any:
+    return _chain(get, _classifier_layers(config, adaptation), pooled)
 
 
 def _regressor(get: Callable[[str], keras.layers.Layer], pooled: Any) -> Any:
-    return get("reg_out")(get("reg_fc2")(get("reg_fc1")(pooled)))
+    return _chain(get, ["reg_fc1", "reg_fc1_relu", "reg_fc2", "reg_fc2_relu", "reg_out"], pooled)
 
 
 def _spatial_outputs(
@@ -136,7 +186,7 @@ def _spatial_outputs(
         unpooled
     )
     interleave = OffsetInterleave(k, stride, name=f"interleave_{stride}")
-    logits = interleave([_classifier(get, pooled, adaptation), unpooled])
+    logits = interleave([_classifier(get, pooled, config, adaptation), unpooled])
     outputs = {
         "class_logits": keras.layers.Activation("linear", dtype="float32", name="class_logits")(
             logits
@@ -287,9 +337,10 @@ class OverFeat(keras.Model):
         image = keras.Input(shape=(size, size, 3), name="image")
         unpooled = apply_trunk(self.get_layer, image, self.config)
         k = self.config.pool_size
-        pooled = keras.layers.MaxPooling2D(k, name=f"pool{len(self.config.convs)}")(unpooled)
+        last_pool = topology.split(self.config)[1].name
+        pooled = keras.layers.MaxPooling2D(k, name=last_pool)(unpooled)
         width = self.num_classes + int(self.background)
-        classifier = _classifier(self.get_layer, pooled, len(self.adaptation))
+        classifier = _classifier(self.get_layer, pooled, self.config, len(self.adaptation))
         logits = keras.layers.Reshape((width,))(classifier)
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         return keras.Model(image, logits, name=f"{self.name}_crop")
@@ -337,8 +388,3 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 def build_model(architecture: str | ModelConfig = "fast", **kwargs: Any) -> OverFeat:
     """Shorthand for `OverFeat(architecture, **kwargs)`."""
     return OverFeat(architecture, **kwargs)
-
-
-def class_probabilities(logits: tf.Tensor) -> tf.Tensor:
-    """Softmax over the last axis of class logits (maps or vectors), in float32."""
-    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from overfeat_tf import features as ft
-from overfeat_tf import image_io
+from overfeat_tf import image_io, topology
 from overfeat_tf.config import ACCURATE, FAST, PIXEL_MEAN, PIXEL_STD, TINY
-from overfeat_tf.models import OverFeat
+from overfeat_tf.models import OverFeat, keras_layer_name
 from tests import reference as ref
 
 
@@ -27,8 +27,10 @@ def _image(rng, h: int, w: int) -> np.ndarray:
 
 
 def _probe(model, name: str, x: np.ndarray) -> np.ndarray:
-    """A layer's output in the model's own graph."""
-    return keras.Model(model.input, model.get_layer(name).output)(x).numpy()
+    """A feature layer's output in the model's own graph (the Keras layer of its module)."""
+    module = topology.modules(model.config)[ft.layer_number(model.config, name)]
+    layer = model.get_layer(keras_layer_name(module))
+    return keras.Model(model.input, layer.output)(x).numpy()
 
 
 # The release's module order, written out by hand from the spec (§6): module 0 is the input
@@ -255,6 +257,10 @@ def test_linear_and_padding_layers(model, rng):
         assert after.max() > 0, name
         np.testing.assert_allclose(np.maximum(linear, 0), after, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ft.extract_features(model, x, "conv3"), _probe(model, "conv3", x))
+    for name in ("conv1", "conv3", "conv5"):  # before the ReLU: the weighted layer's own output
+        got = ft.extract_features(model, x, f"{name}_linear")
+        want = keras.Model(model.input, model.get_layer(name).output)(x).numpy()
+        np.testing.assert_array_equal(got, want)
     pad3 = ft.extract_features(model, x, "pad3")
     pool2 = _probe(model, "pool2", x)
     np.testing.assert_array_equal(pad3, np.pad(pool2, ((0, 0), (1, 1), (1, 1), (0, 0))))

@@ -91,7 +91,7 @@ def test_fine_output_is_classifier_on_unpooled_windows(config, rng):
     x = rng.uniform(0, 255, size=(2, config.crop_size + 40, config.crop_size + 27, 3)).astype(
         "float32"
     )
-    last = f"conv{len(config.convs)}"
+    last = f"conv{len(config.convs)}_relu"  # the unpooled last map, after its ReLU
     unpooled = keras.Model(model.input, model.get_layer(last).output)(x).numpy()
     weights = {
         n: tuple(v.numpy() for v in model.get_layer(n).weights) for n in ("fc6", "fc7", "fc8")

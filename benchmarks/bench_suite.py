@@ -324,7 +324,7 @@ def _train_case(arch: str, batch: int, s: Settings) -> dict[str, Any]:
         model=arch, batch_size=batch, mixed_precision="float32", init="he_normal", seed=0
     )
     classes = 10 if arch == "tiny" else 1000
-    net = recipe.build_model(config, [f"class_{i}" for i in range(classes)])
+    net = recipe.initial_model(config, [f"class_{i}" for i in range(classes)])
     crop = recipe.compile_crop_model(net, config, steps_per_epoch=100)
     rng = np.random.default_rng(0)
     side = net.config.crop_size

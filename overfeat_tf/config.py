@@ -129,7 +129,7 @@ class ModelConfig:
             return max(self.unpooled_size(side) - self.pool_size * self.fc6_window + 1, 0)
         if stride == "coarse":
             return max(self.pooled_size(side) - self.fc6_window + 1, 0)
-        raise ValueError(f"stride must be 'fine' or 'coarse', got {stride!r}.")
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (e.g. `num_classes`)."""
@@ -210,7 +210,7 @@ ACCURATE_SCALES: tuple[tuple[int, int], ...] = (
 )
 
 
-def get_config(model: str | ModelConfig | dict, **overrides: Any) -> ModelConfig:
+def model_config(model: str | ModelConfig | dict, **overrides: Any) -> ModelConfig:
     """Resolve a model name ("fast", "accurate", "tiny"), dict or config, with overrides."""
     if isinstance(model, ModelConfig):
         config = model

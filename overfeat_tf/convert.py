@@ -42,7 +42,7 @@ import numpy as np
 
 from overfeat_tf import topology
 from overfeat_tf.atomic import atomic_path
-from overfeat_tf.config import CONFIGS, ModelConfig, get_config
+from overfeat_tf.config import CONFIGS, ModelConfig, model_config
 from overfeat_tf.models import PAPER_INITIALIZER, OverFeat
 
 # The file OverFeat's release ships for each net (`-l` selects net_weight_1).
@@ -112,7 +112,7 @@ def check_weight_file(path: str | os.PathLike, config: str | ModelConfig) -> int
     and `ValueError` if its size is not the expected one, saying which net's file it is if
     its size matches the other released net, or that it is truncated / too long otherwise.
     """
-    config = get_config(config)
+    config = model_config(config)
     name = os.fspath(path)
     expected = weight_count(config)
     if not os.path.isfile(name):
@@ -358,7 +358,7 @@ def convert(
         ValueError: a weight file of the wrong size (naming the net it would fit), an
             unreadable header, or a wrong number of class names.
     """
-    config = model.config if isinstance(model, OverFeat) else get_config(model)
+    config = model.config if isinstance(model, OverFeat) else model_config(model)
     if output is not None:
         _check_output(output)
     check_weight_file(weights, config)

@@ -79,9 +79,9 @@ import tensorflow as tf
 
 from overfeat_tf import topology
 from overfeat_tf.atomic import save_npy
-from overfeat_tf.config import ModelConfig, get_config
+from overfeat_tf.config import STRIDES, ModelConfig, check_stride, model_config
 from overfeat_tf.image_io import load_image, resize_short_side, short_message
-from overfeat_tf.layers import STRIDES, DenseOffsetPooling, OffsetInterleave
+from overfeat_tf.layers import DenseOffsetPooling, OffsetInterleave
 from overfeat_tf.models import adaptation_names, keras_layer_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -111,7 +111,7 @@ def resolve_layer(config: str | ModelConfig, layer: str | int) -> str:
         if 0 <= layer < len(names):
             return names[layer]
         raise ValueError(
-            f"Layer number {layer} is out of range: the {get_config(config).name!r} net has "
+            f"Layer number {layer} is out of range: the {model_config(config).name!r} net has "
             f"layers 0..{len(names) - 1} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})."
         )
     if layer in names:
@@ -126,18 +126,13 @@ def layer_number(config: str | ModelConfig, layer: str | int) -> int:
     return layer_names(config).index(resolve_layer(config, layer))
 
 
-def _check_stride(stride: str) -> None:
-    if stride not in STRIDES:
-        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
-
-
 def feature_size(
     config: str | ModelConfig, layer: str | int, side: int, stride: str = "coarse"
 ) -> int:
     """Side of a layer's feature map for an input side in pixels (0 if the input is too small)."""
-    config = get_config(config)
+    config = model_config(config)
     target = resolve_layer(config, layer)
-    _check_stride(stride)
+    check_stride(stride)
     side = max(side, 0)
     fine = False  # after the dense pool at the fine stride: sides count fine-map cells
     for m in topology.modules(config):
@@ -192,7 +187,7 @@ def feature_model(model: keras.Model, layer: str | int, stride: str = "coarse") 
     """
     config = _model_config(model)
     target = resolve_layer(config, layer)
-    _check_stride(stride)
+    check_stride(stride)
     existing = {sub.name for sub in model.layers}
     adapted = adaptation_names(len(getattr(model, "adaptation", ())))
     last_fc = topology.weighted(config)[-1].name

@@ -46,8 +46,7 @@ from typing import Any
 import tensorflow as tf
 
 from overfeat_tf import topology
-from overfeat_tf.config import ModelConfig, get_config
-from overfeat_tf.layers import STRIDES
+from overfeat_tf.config import ModelConfig, check_stride, model_config
 from overfeat_tf.models import REGRESSOR_LAYERS
 from overfeat_tf.pyramid import Scale, check_scales, default_scales, level_size
 
@@ -95,7 +94,7 @@ def _widths(model_or_config: Any) -> tuple[ModelConfig, dict[str, tuple[int, ...
     """
     net = getattr(model_or_config, "backbone", model_or_config)
     if isinstance(net, str | dict | ModelConfig):
-        config = get_config(net)
+        config = model_config(net)
         return config, {m.layer: m.weight_shape for m in topology.weighted(config)}
     config = getattr(net, "config", None)
     if not isinstance(config, ModelConfig) or not hasattr(net, "get_layer"):
@@ -179,8 +178,7 @@ def layer_counts(
         ValueError: bad stride or size, an image too small for one output cell, or not a
             model / config.
     """
-    if stride not in STRIDES:
-        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+    check_stride(stride)
     config, shapes = _widths(model_or_config)
     hw = _check_hw(image_hw)
     counts, unpooled = _conv_counts(config, shapes, hw)

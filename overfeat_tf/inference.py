@@ -27,8 +27,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from overfeat_tf.config import check_stride
 from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
-from overfeat_tf.layers import STRIDES
 from overfeat_tf.models import backbone_of
 from overfeat_tf.pyramid import Level, Scale, build_pyramid
 
@@ -37,8 +37,7 @@ _SPATIAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def spatial_model(model: keras.Model, stride: str) -> keras.Model:
     """`model` at the "fine" or "coarse" stride (built once per model and stride, cached)."""
-    if stride not in STRIDES:
-        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+    check_stride(stride)
     model = backbone_of(model)
     if model.stride == stride:
         return model

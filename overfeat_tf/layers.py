@@ -20,12 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-STRIDES = ("fine", "coarse")
-
-
-def _check_stride(stride: str) -> None:
-    if stride not in STRIDES:
-        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+from overfeat_tf.config import check_stride
 
 
 def _check_pool_size(pool_size: int) -> None:
@@ -62,7 +57,7 @@ class DenseOffsetPooling(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         _check_pool_size(pool_size)
-        _check_stride(stride)
+        check_stride(stride)
         self.pool_size = pool_size
         self.stride = stride
         self.window = window
@@ -129,7 +124,7 @@ class OffsetInterleave(keras.layers.Layer):
     def __init__(self, pool_size: int, stride: str = "fine", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_pool_size(pool_size)
-        _check_stride(stride)
+        check_stride(stride)
         self.pool_size = pool_size
         self.stride = stride
 

@@ -29,8 +29,8 @@ from typing import Any
 import keras
 
 from overfeat_tf import topology
-from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ModelConfig, get_config
-from overfeat_tf.layers import STRIDES, DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.config import PIXEL_MEAN, PIXEL_STD, ModelConfig, check_stride, model_config
+from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 from overfeat_tf.topology import WEIGHTED, Module
 
 REGRESSORS = (None, "class_agnostic", "class_specific")
@@ -250,7 +250,7 @@ class OverFeat(keras.Model):
         adaptation: tuple[int, ...] | list[int] = (),
         **kwargs: Any,
     ) -> None:
-        config = get_config(architecture)
+        config = model_config(architecture)
         adaptation = tuple(int(w) for w in adaptation)
         if any(w < 1 for w in adaptation):
             raise ValueError(f"adaptation layer widths must be >= 1, got {list(adaptation)}.")
@@ -264,8 +264,7 @@ class OverFeat(keras.Model):
             num_classes = len(class_names)
         if num_classes is not None:
             config = config.replace(num_classes=int(num_classes))
-        if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+        check_stride(stride)
         if regressor not in REGRESSORS:
             raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}.")
         layers = _make_layers(
@@ -312,8 +311,7 @@ class OverFeat(keras.Model):
     def spatial_model(self, stride: str | None = None) -> keras.Model:
         """This network at another stride ("fine"/"coarse"), sharing every weight."""
         stride = stride or self.stride
-        if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}.")
+        check_stride(stride)
         if stride == self.stride:
             return self
         image = keras.Input(shape=(None, None, 3), name="image")
@@ -383,8 +381,3 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ValueError(f"Could not load {path} as a Keras model: {first}") from error
     backbone_of(model)
     return model
-
-
-def build_model(architecture: str | ModelConfig = "fast", **kwargs: Any) -> OverFeat:
-    """Shorthand for `OverFeat(architecture, **kwargs)`."""
-    return OverFeat(architecture, **kwargs)

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from overfeat_tf import image_io
-from overfeat_tf.config import ACCURATE_SCALES, ModelConfig, get_config
+from overfeat_tf.config import ACCURATE_SCALES, ModelConfig, model_config
 
 Scale = int | tuple[int, int]
 
@@ -64,7 +64,7 @@ def default_scales(config: str | ModelConfig) -> tuple[Scale, ...]:
     accurate: Table 5's six `(h, w)` pairs. Others: six snapped short sides at Table 5's
     ratios to the crop (247, 279, 327, 391, 439, 471 for fast and tiny).
     """
-    config = get_config(config)
+    config = model_config(config)
     if config.name == "accurate":
         return ACCURATE_SCALES
     return tuple(
@@ -136,7 +136,7 @@ def level_size(
     level's size depends on the image's only through its orientation and (up to the bound)
     aspect ratio: `max_level_pixels` bounds it for every image.
     """
-    config = get_config(config)
+    config = model_config(config)
     (scale,) = check_scales([scale])
     size = tf.cast(image_size, tf.int32)
     if isinstance(scale, int):
@@ -157,7 +157,7 @@ def max_level_size(
 ) -> tuple[int, int]:
     """The largest (short, long) side, in px, any image's level at `scale` can have: what a
     level costs at most (Python ints; `level_size`'s bound)."""
-    config = get_config(config)
+    config = model_config(config)
     (scale,) = check_scales([scale])
     max_aspect_ratio = image_io.check_aspect_ratio(max_aspect_ratio)
     short, long = (scale, int(scale * max_aspect_ratio)) if isinstance(scale, int) else scale
@@ -221,7 +221,7 @@ def build_pyramid(
     Returns:
         One `Level` per scale, in the order of `scales`.
     """
-    config = get_config(config)
+    config = model_config(config)
     scales = check_scales(default_scales(config) if scales is None else scales)
     batch = _as_batch(image)
     original = tf.shape(batch)[1:3]

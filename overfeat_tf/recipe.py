@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from overfeat_tf import precision, spatial_training
-from overfeat_tf.config import get_config
+from overfeat_tf.config import model_config
 from overfeat_tf.distribute import CropTrainer
 from overfeat_tf.losses import BOX_LOSSES
 from overfeat_tf.models import (
@@ -285,12 +285,12 @@ def _dtype(config: TrainConfig) -> Any:
 
 def _small_fc8(model: OverFeat, seed: int) -> None:
     """fc8 kernel from the paper's N(0, 1e-2), whatever the other layers' init (see
-    `build_model`)."""
+    `initial_model`)."""
     fc8 = model.get_layer("fc8").kernel
     fc8.assign(keras.random.normal(fc8.shape, stddev=0.01, seed=seed))
 
 
-def build_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
+def initial_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
     """The `OverFeat` model of a "classify" run (call inside the strategy's scope): new,
     or transferred from `config.init_model` (`transfer_model`).
 
@@ -303,7 +303,7 @@ def build_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
         base = load_init_model(config)
         model = transfer_model(base, class_names, config, keep_heads=False)
     else:
-        architecture = get_config(config.model)
+        architecture = model_config(config.model)
         if config.dropout is not None:
             architecture = architecture.replace(dropout=config.dropout)
         model = OverFeat(

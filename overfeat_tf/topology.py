@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from overfeat_tf.config import ModelConfig, get_config
+from overfeat_tf.config import ModelConfig, model_config
 
 KINDS = ("normalize", "pad", "conv", "relu", "pool", "fc")
 WEIGHTED = ("conv", "fc")
@@ -71,7 +71,7 @@ class Module:
 
 def modules(config: str | ModelConfig | dict) -> tuple[Module, ...]:
     """The release's module sequence of a net: `modules(config)[n]` is `overfeat -L n`."""
-    config = get_config(config)
+    config = model_config(config)
     out = [Module("normalize", "normalize", "normalize")]
     channels = 3
     for i, spec in enumerate(config.convs, start=1):

@@ -17,7 +17,7 @@ go to `<output>/logs` (these callbacks: `overfeat_tf.callbacks`), and the final 
 (written to a temporary file, then renamed). Under `multi_worker` only the chief writes
 `<output>`; other workers write under `<output>/workers/<index>/`.
 
-`INITS`, `STRATEGIES` and `build_model` stay importable from here (`train.py`, the
+`INITS`, `STRATEGIES` and `initial_model` stay importable from here (`train.py`, the
 benchmarks).
 """
 
@@ -38,21 +38,21 @@ import tensorflow as tf
 
 from overfeat_tf import atomic, callbacks, data, precision, spatial_training, tfds_io
 from overfeat_tf.atomic import atomic_path
-from overfeat_tf.config import get_config
+from overfeat_tf.config import model_config
 from overfeat_tf.detector import OverFeatDetector
 from overfeat_tf.distribute import STRATEGIES, is_chief, make_strategy
 from overfeat_tf.models import OverFeat
 from overfeat_tf.recipe import (
     INITS,
     TASK_DEFAULTS,
-    build_model,
     build_task_model,
     check_transfer_settings,
     compile_crop_model,
     compile_task_model,
+    initial_model,
 )
 
-# STRATEGIES, INITS, TASK_DEFAULTS and build_model are also re-exported: train.py, the
+# STRATEGIES, INITS, TASK_DEFAULTS and initial_model are also re-exported: train.py, the
 # benchmarks and tests/test_precision.py use them as `training.X`.
 MODELS = ("fast", "accurate", "tiny")
 TASKS = ("classify", *spatial_training.TASKS)  # classify -> detect -> localize
@@ -305,7 +305,7 @@ def _build_trainer(
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         if config.task == "classify":
-            model = build_model(config, class_names)
+            model = initial_model(config, class_names)
             return model, compile_crop_model(model, config, steps)
         model = build_task_model(config, class_names)
         return model, compile_task_model(model, config, steps)
@@ -327,7 +327,7 @@ def _train_input(
         return spatial_training.spatial_dataset(
             source,
             config.split,
-            get_config(config.model),
+            model_config(config.model),
             num_classes,
             config.batch_size,
             train_size=config.train_size,
@@ -339,7 +339,7 @@ def _train_input(
     return data.training_dataset(
         source,
         config.split,
-        get_config(config.model).crop_size,
+        model_config(config.model).crop_size,
         config.batch_size,
         seed=seed,
         shuffle_buffer=config.shuffle_buffer,
@@ -358,7 +358,7 @@ def _val_input(
     return data.training_dataset(
         source,
         config.val_split,
-        get_config(config.model).crop_size,
+        model_config(config.model).crop_size,
         config.batch_size,
         repeat=False,
         drop_remainder=False,

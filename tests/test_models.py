@@ -260,4 +260,4 @@ def test_global_mixed_precision_policy(rng):
 
 def test_package_exports():
     assert overfeat_tf.OverFeat is OverFeat
-    assert overfeat_tf.get_config("tiny") is TINY
+    assert overfeat_tf.model_config("tiny") is TINY

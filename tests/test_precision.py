@@ -177,7 +177,7 @@ def test_train_config_and_parser_default_to_auto():
 def test_build_model_resolves_through_precision(cpu, flags, requested, expected):
     cpu(flags)
     config = training.TrainConfig(model="tiny", mixed_precision=requested)
-    model = training.build_model(config, ["a", "b"])
+    model = training.initial_model(config, ["a", "b"])
     assert model.get_layer("conv1").dtype_policy.name == expected
     logits = model.crop_model()(np.zeros((1, 231, 231, 3), "float32"))
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"  # outputs stay float32

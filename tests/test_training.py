@@ -129,12 +129,12 @@ def test_config_defaults_are_the_papers_and_bad_values_fail():
 
 
 def test_he_init_keeps_fc8_small():
-    model = recipe.build_model(training.TrainConfig(model="tiny", init="he_normal"), ["a", "b"])
+    model = recipe.initial_model(training.TrainConfig(model="tiny", init="he_normal"), ["a", "b"])
     fc8 = model.get_layer("fc8").kernel.numpy()
     conv1 = model.get_layer("conv1").kernel.numpy()
     assert fc8.std() == pytest.approx(0.01, rel=0.2)
     assert conv1.std() == pytest.approx((2 / (11 * 11 * 3)) ** 0.5, rel=0.1)
-    paper = recipe.build_model(training.TrainConfig(model="tiny"), ["a", "b"])
+    paper = recipe.initial_model(training.TrainConfig(model="tiny"), ["a", "b"])
     assert paper.get_layer("conv1").kernel.numpy().std() == pytest.approx(0.01, rel=0.1)
 
 
@@ -147,7 +147,7 @@ def test_strategy_by_name_and_the_chief():
 
 def test_training_re_exports_what_train_py_and_the_benchmarks_use():
     assert training.INITS is recipe.INITS and training.STRATEGIES is distribute.STRATEGIES
-    assert training.build_model is recipe.build_model
+    assert training.initial_model is recipe.initial_model
     assert set(training.STRATEGIES) == {"default", "mirrored", "multi_worker", "tpu"}
 
 

@@ -129,7 +129,7 @@ def test_the_same_label_set_copies_everything_fc8_included(tmp_path):
     _assert_same(model, base, [*TRUNK, "fc8", "reg_fc1", "reg_fc2", "reg_out"])
     # classify from the detector: the same classes, its background column dropped
     classify = _config(tmp_path, tmp_path / "det.keras")
-    crop = recipe.build_model(classify, names)
+    crop = recipe.initial_model(classify, names)
     _assert_same(crop, base, TRUNK)
     np.testing.assert_array_equal(
         crop.get_layer("fc8").kernel.numpy(), base.get_layer("fc8").kernel.numpy()[..., :12]
@@ -139,7 +139,7 @@ def test_the_same_label_set_copies_everything_fc8_included(tmp_path):
     assert recipe.needs_transfer(base, names[::-1], config)
     # an explicit --transfer-up-to fc7 renews fc8 even for the same classes
     plain = _save_base(tmp_path / "cls.keras")
-    renew = recipe.build_model(
+    renew = recipe.initial_model(
         _config(tmp_path, tmp_path / "cls.keras", transfer_up_to="fc7"), names
     )
     assert renew.get_layer("fc8").kernel.shape == plain.get_layer("fc8").kernel.shape
@@ -196,11 +196,11 @@ def test_transfer_and_freeze_errors_say_what_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"another label set.*fc7"):
         recipe.transfer_model(base, NEW_NAMES, _config(tmp_path, path, transfer_up_to="fc8"), False)
     with pytest.raises(ValueError, match="nothing would train"):
-        recipe.build_model(_config(tmp_path, path, freeze_up_to="fc8"), NEW_NAMES)
+        recipe.initial_model(_config(tmp_path, path, freeze_up_to="fc8"), NEW_NAMES)
     with pytest.raises(ValueError, match="--freeze-up-to 'pool5'"):
-        recipe.build_model(_config(tmp_path, path, freeze_up_to="pool5"), NEW_NAMES)
+        recipe.initial_model(_config(tmp_path, path, freeze_up_to="pool5"), NEW_NAMES)
     with pytest.raises(ValueError, match="pass --model tiny"):
-        recipe.build_model(_config(tmp_path, path, model="fast"), NEW_NAMES)
+        recipe.initial_model(_config(tmp_path, path, model="fast"), NEW_NAMES)
     with pytest.raises(ValueError, match=r"--transfer-up-to.*--init-model"):
         training.TrainConfig(model="tiny", transfer_up_to="fc7")
     with pytest.raises(ValueError, match="localize already trains only"):
@@ -226,7 +226,7 @@ def test_classify_from_a_12_class_net_to_3_classes_oquab_style(tmp_path):
         learning_rate=0.01,
     )
     keras.utils.set_random_seed(config.seed)
-    initial = recipe.build_model(config, list(TOY_CLASSES))  # what the run starts from
+    initial = recipe.initial_model(config, list(TOY_CLASSES))  # what the run starts from
     result = training.train(config, encoded_examples(8), list(TOY_CLASSES))
     assert result["final_step"] == 2 and np.isfinite(result["logs"]["loss"])
     trained = load_model(result["model_path"])
@@ -274,7 +274,7 @@ def test_converted_release_net_to_classify_and_localize(tmp_path):
     names = [f"imagenet {i}" for i in range(10)]
     converted = cv.convert("tiny", weights, class_names=names, output=tmp_path / "tiny.keras")
     classify = _config(tmp_path, tmp_path / "tiny.keras", learning_rate=1e-4, init="he_normal")
-    model = recipe.build_model(classify, list(TOY_CLASSES))
+    model = recipe.initial_model(classify, list(TOY_CLASSES))
     _assert_same(model, converted, TRUNK)
     localize = _config(tmp_path, tmp_path / "tiny.keras", task="localize")
     with pytest.warns(UserWarning, match="untrained"):

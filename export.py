@@ -1,4 +1,4 @@
-"""Export an OverFeat `.keras` model as a TF Serving SavedModel (see `overfeat_tf.serving`).
+"""Export an OverFeat `.keras` model as a TF Serving SavedModel (see `overfeat_tf.export.serving`).
 
     python export.py --model runs/tiny/localize/model.keras --export-dir serving/overfeat
     python export.py --model model.keras --export-dir serving/overfeat --version 3 \\
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 def _parser() -> argparse.ArgumentParser:
     from overfeat_tf import cli
-    from overfeat_tf.serving import ExportOptions
+    from overfeat_tf.export.serving import ExportOptions
 
     parser = cli.command_parser(
         "python export.py",
@@ -48,9 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import tensorflow as tf
 
-    from overfeat_tf import cli, serving
-    from overfeat_tf.detector import as_detector
-    from overfeat_tf.models import load_model
+    from overfeat_tf import cli
+    from overfeat_tf.export import serving
+    from overfeat_tf.models.backbone import load_model
+    from overfeat_tf.models.detector import as_detector
 
     try:
         if args.version is not None and args.version < 1:

@@ -34,10 +34,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import serving
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.export import serving
 from overfeat_tf.main_job import SHAPES_SCALES
-from overfeat_tf.models import OverFeat
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.detector import OverFeatDetector
 
 _CLIENT = textwrap.dedent(
     """

@@ -4,9 +4,9 @@ Usage:
     python benchmarks/bench_classification.py [--write] [--epochs N] [--lr X] ...
 
 Prepares `overfeat_shapes/standard` (generated on the spot the first time; timed apart),
-trains the tiny net on its train split with `overfeat_tf.training` for at most
+trains the tiny net on its train split with `overfeat_tf.training.run` for at most
 `--train-minutes` (15) of wall time, then evaluates the test split with
-`overfeat_tf.evaluation` (single scale coarse / fine, 4 and 6 scales, with flips; the
+`overfeat_tf.evaluation.classification` (single scale coarse / fine, 4 and 6 scales, with flips; the
 central crop and 10-view rows for reference). Prints one JSON object; `--write` also
 updates the "Classification: tiny on overfeat_shapes" section of BENCHMARKS.md: one row of
 its runs table and one "### <policy> run" subsection per compute policy, replacing those of
@@ -18,7 +18,7 @@ chosen on the validation split): a 0.5M-parameter net from N(0, 0.01) barely mov
 CPU minutes, so the benchmark uses He init, lr 0.01 with momentum 0.9, batch 32, no
 dropout and a schedule sized to the time budget; the compute dtype follows the hardware
 (`--mixed-precision auto`: mixed bfloat16 where the CPU has bf16 matrix units, float32
-elsewhere; `overfeat_tf.precision`), and `--mixed-precision float32` on any machine is the
+elsewhere; `overfeat_tf.training.precision`), and `--mixed-precision float32` on any machine is the
 stand-in for a CPU without bf16 units; crops are taken from
 images rescaled to a 231 px short side (the full short side), because the paper's 256
 px rescale lets a 231 crop of a wide image miss the labelled object (label noise that
@@ -49,8 +49,11 @@ from benchmarks.common import (
     tiny_recipe_fields,
     write_section,
 )
-from overfeat_tf import evaluation, precision, tfds_io, training
-from overfeat_tf.pyramid import parse_scales
+from overfeat_tf.data import tfds_io
+from overfeat_tf.evaluation import classification as evaluation
+from overfeat_tf.ops.pyramid import parse_scales
+from overfeat_tf.training import precision
+from overfeat_tf.training import run as training
 
 SECTION = "Classification: tiny on overfeat_shapes"
 TARGET = 10.0  # % multi-scale top-1 error
@@ -208,8 +211,8 @@ def intro(report: dict) -> str:
     """The part of the section every run shares: what is trained and how."""
     recipe = report["recipe"]
     return f"""The tiny net (0.5M parameters, 231 px crops) trained on `{report["dataset"]}`
-(8000 train images, 12 classes) with `overfeat_tf.training` and evaluated on its test split
-({report["test_examples"]} images) with `overfeat_tf.evaluation`. Command:
+(8000 train images, 12 classes) with `overfeat_tf.training.run` and evaluated on its test split
+({report["test_examples"]} images) with `overfeat_tf.evaluation.classification`. Command:
 `python benchmarks/bench_classification.py --write [--mixed-precision P]`. Recipe: the
 paper's pipeline and SGD with Torch-style weight decay {recipe["weight_decay"]}, except (flags,
 chosen on the validation split): `--init {recipe["init"]}` (He; fc8 keeps N(0, 0.01)), batch
@@ -219,7 +222,7 @@ at most, dropout {recipe["dropout"]}, `--short-side {recipe["short_side"]}` (the
 lets a 231 crop of a wide image miss the labelled object), decoded images cached in memory,
 training stopped after {recipe["train_minutes"]:g} min of wall time. Compute dtype:
 `--mixed-precision auto` (default) picks mixed bfloat16 only on a CPU with bf16 matrix units
-(flags `avx512_bf16` / `amx_bf16`) and float32 elsewhere (`overfeat_tf.precision`);
+(flags `avx512_bf16` / `amx_bf16`) and float32 elsewhere (`overfeat_tf.training.precision`);
 `--mixed-precision float32` on any machine stands in for a CPU without bf16 units.
 
 One row per compute policy, each measured by its own run (`--write` replaces its policy's row

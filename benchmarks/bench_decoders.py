@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import machine, write_section
-from overfeat_tf import decoders as dec
-from overfeat_tf import detection_eval
-from overfeat_tf.detector import as_detector
-from overfeat_tf.models import load_model
-from overfeat_tf.pyramid import parse_scales
+from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.models import decoders as dec
+from overfeat_tf.models.backbone import load_model
+from overfeat_tf.models.detector import as_detector
+from overfeat_tf.ops.pyramid import parse_scales
 from tests.merge_reference import sequential_merge_numpy
 
 NMS_IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)

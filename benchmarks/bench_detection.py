@@ -9,8 +9,8 @@ Usage:
         --max-examples 10
 
 Prepares `overfeat_shapes/standard` (generated on the spot the first time; timed apart), then
-trains the tiny net with `overfeat_tf.training.train` in the order that keeps every head
-consistent with the trunk it reads (`overfeat_tf.spatial_training`), each stage stopped by
+trains the tiny net with `overfeat_tf.training.run.train` in the order that keeps every head
+consistent with the trunk it reads (`overfeat_tf.data.spatial`), each stage stopped by
 its own wall-time limit (`--stage-minutes`, 15):
 
 1. classify: the paper's classification recipe on random crops (He init, schedule sized to
@@ -19,7 +19,7 @@ its own wall-time limit (`--stage-minutes`, 15):
    mined on the fly (paper §5);
 3. localize: from the detector, the box regressor on the frozen trunk (paper §4.2).
 
-Then `overfeat_tf.detection_eval` scores the final model on the test split, from one dense
+Then `overfeat_tf.evaluation.detection` scores the final model on the test split, from one dense
 run per image: the ILSVRC localization error with 5 guesses, AP@0.5 per class and mAP with
 the paper's greedy merge and, from the same dense boxes, with `tf.image.non_max_suppression`
 (per class), side by side; plus classification errors from the same runs. Prints one JSON
@@ -42,10 +42,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, write_section
-from overfeat_tf import detection_eval, precision, tfds_io, training
-from overfeat_tf.detector import OverFeatDetector, as_detector
-from overfeat_tf.models import load_model
-from overfeat_tf.pyramid import parse_scales
+from overfeat_tf.data import tfds_io
+from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.models.backbone import load_model
+from overfeat_tf.models.detector import OverFeatDetector, as_detector
+from overfeat_tf.ops.pyramid import parse_scales
+from overfeat_tf.training import precision
+from overfeat_tf.training import run as training
 
 SECTION = "Localization and detection"
 STAGES = ("classify", "detect", "localize")
@@ -308,7 +311,7 @@ def section(report: dict[str, Any]) -> str:
         training_text = (
             f"Training: the tiny net on `{report['dataset']}` (train split), "
             f"{len(report['stages'])} stages of "
-            f"`overfeat_tf.training.train`, each starting from the previous stage's model and "
+            f"`overfeat_tf.training.run.train`, each starting from the previous stage's model and "
             f"limited to {report['recipe']['stage_minutes']:g} min of wall time; dataset "
             f"generation {report['prepare_seconds']} s (once, before).\n\n" + _stage_table(report)
         )
@@ -335,7 +338,7 @@ Command: `{_command(report)}`
 
 {training_text}
 
-Evaluation (`overfeat_tf.detection_eval`, {images} of the {report["split"]} split):
+Evaluation (`overfeat_tf.evaluation.detection`, {images} of the {report["split"]} split):
 - one dense run per image: scales {options["scales"]}, flips, {options["stride"]} stride,
   top-{options["top_k"]} classes per level; boxes with probability >=
   {options["score_threshold"]} (at most {options["max_boxes"]}) combined by the greedy merge

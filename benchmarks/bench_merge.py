@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tensorflow as tf
 
-from overfeat_tf import boxes as box_ops
-from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, ModelConfig
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, merge_boxes
+from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, ModelConfig
+from overfeat_tf.ops import boxes as box_ops
+from overfeat_tf.ops.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, merge_boxes
 
 
 def make_box_set(
@@ -314,8 +314,8 @@ def forward_case(image_size: tuple[int, int] = (480, 640)) -> Callable[[], Any]:
     warmed up."""
     import keras
 
-    from overfeat_tf.inference import run_levels
-    from overfeat_tf.models import OverFeat
+    from overfeat_tf.models.backbone import OverFeat
+    from overfeat_tf.models.inference import run_levels
 
     keras.utils.set_random_seed(0)
     model = OverFeat("accurate", regressor="class_specific", kernel_initializer="he_normal")

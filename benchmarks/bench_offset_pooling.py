@@ -9,7 +9,7 @@ four formulations that give the same numbers (checked here), as a fraction of th
 matrix-multiply peak, in float32 and bfloat16:
 
 - s2b + MatmulConv2D (kept): stride-1 max-pool, `space_to_batch` of the k*k offsets,
-  fc6 as `extract_patches` + one matmul, `batch_to_space` interleave (overfeat_tf.layers).
+  fc6 as `extract_patches` + one matmul, `batch_to_space` interleave (overfeat_tf.models.layers).
 - s2b + conv2d: the same with `tf.nn.conv2d` for fc6.
 - dilated conv2d: stride-1 max-pool, fc6 as a conv dilated by k (no interleave needed).
 - dilated patches + matmul: stride-1 max-pool, `extract_patches(rates=k)` + one matmul.
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import best_time, machine, matmul_peak, write_section
-from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 
 K, C, F = 5, 1024, 4096  # accurate fc6 window, channels, filters
 HU, WU = 35, 44  # accurate layer 5 at 461x569

@@ -36,10 +36,11 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import machine, write_section
-from overfeat_tf import image_io, serving
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.models import OverFeat
-from overfeat_tf.pyramid import default_scales, parse_scales
+from overfeat_tf.data import image_io
+from overfeat_tf.export import serving
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.ops.pyramid import default_scales, parse_scales
 
 IMAGE_SIZE = (320, 400)
 NUM_CLASSES = 20

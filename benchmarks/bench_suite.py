@@ -7,7 +7,7 @@
 
 Each part is one BENCHMARKS.md section "Suite: ..." (machine, load, date, min / median / max
 over `--repeats` calls after a warm-up, every target met or missed by how much). FLOPs come
-from `overfeat_tf.flops` (the model's own layer shapes); weights are random (their values do
+from `overfeat_tf.models.flops` (the model's own layer shapes); weights are random (their values do
 not change the work); ratios to the matmul peak are paired: each timed call follows its own
 peak measurement, so a change of load on the shared machine hits both.
 1. inference: fast and accurate, 6 default scales x 2 flips, fine stride, float32 and mixed
@@ -48,11 +48,16 @@ import tensorflow as tf
 
 from benchmarks.bench_serving import test_jpeg
 from benchmarks.common import machine, matmul_peak, write_section
-from overfeat_tf import atomic, data, flops, precision, recipe, tfds_io, training
-from overfeat_tf.config import TINY, ConvSpec
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.models import OverFeat
-from overfeat_tf.pyramid import default_scales
+from overfeat_tf.data import inputs as data
+from overfeat_tf.data import tfds_io
+from overfeat_tf.models import flops
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.config import TINY, ConvSpec
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.ops.pyramid import default_scales
+from overfeat_tf.training import precision, recipe
+from overfeat_tf.training import run as training
+from overfeat_tf.utils import atomic
 
 PARTS = ("inference", "dense", "training", "pipeline", "serving")
 IMAGE_HW = (480, 640)

@@ -13,8 +13,9 @@ half). Then
    - "scratch": from a new random init,
    - "frozen": as transfer, with `freeze_up_to="fc7"` (only fc8 trains; Oquab's frozen
      trunk, without their adaptation layer);
-3. each model is evaluated on the target half of the test split (`overfeat_tf.evaluation`:
-   the central crop row and the 6-scale fine-stride row with flips).
+3. each model is evaluated on the target half of the test split
+   (`overfeat_tf.evaluation.classification`: the central crop row and the 6-scale
+   fine-stride row with flips).
 
 The recipe is bench_classification's (He init, SGD lr 0.01 momentum 0.9, batch 32,
 Torch-style weight decay 1e-5, no dropout, 231 px short side, images cached in memory,
@@ -51,9 +52,14 @@ import keras
 import tensorflow as tf
 
 from benchmarks.common import add_tiny_recipe_arguments, machine, tiny_recipe_fields, write_section
-from overfeat_tf import atomic, data, evaluation, precision, tfds_io, training
-from overfeat_tf.models import load_model
-from overfeat_tf.pyramid import parse_scales
+from overfeat_tf.data import inputs as data
+from overfeat_tf.data import tfds_io
+from overfeat_tf.evaluation import classification as evaluation
+from overfeat_tf.models.backbone import load_model
+from overfeat_tf.ops.pyramid import parse_scales
+from overfeat_tf.training import precision
+from overfeat_tf.training import run as training
+from overfeat_tf.utils import atomic
 
 SECTION = "Transfer: pre-trained vs from scratch"
 ARMS = ("transfer", "scratch", "frozen")
@@ -469,9 +475,9 @@ the source model (transfer: `--init-model`, conv1-fc7 copied, fc8 new since the 
 differs), a new random init (scratch), and the source model with `--freeze-up-to fc7`
 (frozen: only fc8 trains; Oquab et al. also train an adaptation layer, not here). Budget =
 optimizer steps on the target classes; the source pre-training is not counted in it.
-Evaluation: `overfeat_tf.evaluation`, its center crop row (256 px short side, one view)
-and 6 scales {report["scales"]} fine stride with flips; "training s" is each run's wall time
-(building, decoding the images once into the cache, the steps, saving).
+Evaluation: `overfeat_tf.evaluation.classification`, its center crop row (256 px short side,
+one view) and 6 scales {report["scales"]} fine stride with flips; "training s" is each run's
+wall time (building, decoding the images once into the cache, the steps, saving).
 
 {table(report)}
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from overfeat_tf import atomic, precision  # first: importing it quiets TF's C++ start-up
+from overfeat_tf.training import precision  # first: importing it quiets TF's C++ start-up
+from overfeat_tf.utils import atomic
 
 # isort: split
 import tensorflow as tf
@@ -70,7 +71,8 @@ def write_section(title: str, body: str) -> None:
 def add_tiny_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The tiny classification recipe's flags shared by the classification benchmarks
     (`--batch-size` .. `--max-eval`; their schedule flags are their own)."""
-    from overfeat_tf import precision, training
+    from overfeat_tf.training import precision
+    from overfeat_tf.training import run as training
 
     p = parser
     p.add_argument("--batch-size", type=int, default=32)

@@ -60,9 +60,11 @@ from benchmarks.bench_serving import test_jpeg
 from benchmarks.bench_suite import _net
 from benchmarks.common import BENCHMARKS_MD, machine, write_section
 from benchmarks.suite_serving import SERVE_CLASSES
-from overfeat_tf import image_io, merge, serving
-from overfeat_tf.decoders import BoxMergeDecoder
-from overfeat_tf.detector import OverFeatDetector, as_detector
+from overfeat_tf.data import image_io
+from overfeat_tf.export import serving
+from overfeat_tf.models.decoders import BoxMergeDecoder
+from overfeat_tf.models.detector import OverFeatDetector, as_detector
+from overfeat_tf.ops import merge
 
 SECTION = "Suite: the missed targets"
 BEGIN = (
@@ -390,7 +392,7 @@ _FIRST = r"""
 import json, sys, time
 start = time.perf_counter()
 import tensorflow as tf, overfeat_tf
-from overfeat_tf.image_io import load_image
+from overfeat_tf.data.image_io import load_image
 t = {"import_s": time.perf_counter() - start}
 path, jit, logdir, *images = sys.argv[1:]
 model = overfeat_tf.load_model(path)

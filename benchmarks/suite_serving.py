@@ -39,8 +39,9 @@ from benchmarks.bench_suite import (
     mmm,
     verdict,
 )
-from overfeat_tf import merge, serving
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.export import serving
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.ops import merge
 from tests.merge_reference import sequential_merge_numpy
 
 BOX_BUDGET = OverFeatDetector.default_options()["max_boxes"]

@@ -10,13 +10,13 @@ from overfeat_tf.quiet import quiet_command_start
 # TensorFlow's C++ start-up lines stay hidden there. Any other process is left as it is.
 quiet_command_start()
 
-from overfeat_tf.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, model_config
-from overfeat_tf.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMSDecoder
-from overfeat_tf.detector import OverFeatDetector, detect, localize
-from overfeat_tf.inference import classify
-from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
-from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
-from overfeat_tf.models import OverFeat, load_model
+from overfeat_tf.models.backbone import OverFeat, load_model
+from overfeat_tf.models.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, model_config
+from overfeat_tf.models.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMSDecoder
+from overfeat_tf.models.detector import OverFeatDetector, detect, localize
+from overfeat_tf.models.inference import classify
+from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.training.losses import MinedDetectionLoss, WindowBoxLoss
 
 __version__ = "0.1.0"
 

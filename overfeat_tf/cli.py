@@ -45,9 +45,9 @@ def _layer(text: str) -> str | int:
 
 def detection_flags() -> dict[str, Flag]:
     """The flags of `OverFeatDetector.options`, every detection command's."""
-    from overfeat_tf.config import STRIDES
-    from overfeat_tf.decoders import COMBINE
-    from overfeat_tf.pyramid import parse_scales
+    from overfeat_tf.models.config import STRIDES
+    from overfeat_tf.models.decoders import COMBINE
+    from overfeat_tf.ops.pyramid import parse_scales
 
     return {
         "scales": Flag(
@@ -138,7 +138,7 @@ def add_detection_flags(
     parser: argparse.ArgumentParser | Any, names: Sequence[str] | None = None
 ) -> None:
     """`add_flags` of `detection_flags`, defaults from `OverFeatDetector.default_options`."""
-    from overfeat_tf.detector import OverFeatDetector
+    from overfeat_tf.models.detector import OverFeatDetector
 
     add_flags(parser, detection_flags(), OverFeatDetector.default_options(), names)
 

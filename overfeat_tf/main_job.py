@@ -34,10 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from overfeat_tf import atomic, detection_eval, evaluation, precision, tfds_io, training
-from overfeat_tf.detector import OverFeatDetector, class_names
-from overfeat_tf.models import load_model
-from overfeat_tf.pyramid import default_scales
+from overfeat_tf.data import tfds_io
+from overfeat_tf.evaluation import classification as evaluation
+from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.models.backbone import load_model
+from overfeat_tf.models.detector import OverFeatDetector, class_names
+from overfeat_tf.ops.pyramid import default_scales
+from overfeat_tf.training import precision
+from overfeat_tf.training import run as training
+from overfeat_tf.utils import atomic
 
 STAGES = ("classify", "detect", "localize")
 WHAT_STAGES_TRAIN = {
@@ -306,7 +311,7 @@ def evaluate(job: MainJob, detector: OverFeatDetector, split: str) -> dict[str, 
 
 def export(job: MainJob, detector: OverFeatDetector) -> dict[str, Any]:
     """The TF Serving export of the final detector in `<output>/export/<version>`."""
-    from overfeat_tf import serving
+    from overfeat_tf.export import serving
 
     _say("--- export for TF Serving")
     start = time.monotonic()

@@ -34,12 +34,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from overfeat_tf import boxes as box_ops
-from overfeat_tf.atomic import atomic_path
-from overfeat_tf.detector import as_detector, class_names
-from overfeat_tf.image_io import load_image
-from overfeat_tf.inference import LevelOutput, level_probabilities, spatial_max
-from overfeat_tf.models import backbone_of
+from overfeat_tf.data.image_io import load_image
+from overfeat_tf.models.backbone import backbone_of
+from overfeat_tf.models.detector import as_detector, class_names
+from overfeat_tf.models.inference import LevelOutput, level_probabilities, spatial_max
+from overfeat_tf.ops import boxes as box_ops
+from overfeat_tf.utils.atomic import atomic_path
 
 PathLike = str | os.PathLike
 _CLASS_COLOURS = colormaps["tab10"]

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import atomic, cli, image_io, quiet
+from overfeat_tf import cli, quiet
+from overfeat_tf.data import image_io
+from overfeat_tf.utils import atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DEFAULT_OUTPUT = "predictions"
@@ -78,8 +80,8 @@ class Predictor:
     def from_keras(cls, path: str, options: dict[str, Any]) -> Predictor:
         """A `.keras` network or detector; `options` (detector options) override a
         detector's own (a network gets the defaults)."""
-        from overfeat_tf.detector import as_detector, class_names
-        from overfeat_tf.models import load_model
+        from overfeat_tf.models.backbone import load_model
+        from overfeat_tf.models.detector import as_detector, class_names
 
         detector = as_detector(load_model(path), **options)
         return cls(
@@ -92,7 +94,7 @@ class Predictor:
     @classmethod
     def from_export(cls, version_dir: Path) -> Predictor:
         """An export's `detect_images` signature (uint8 images; options fixed at export)."""
-        from overfeat_tf.serving import read_metadata
+        from overfeat_tf.export.serving import read_metadata
 
         try:
             metadata = read_metadata(version_dir)
@@ -259,7 +261,7 @@ def predict_images(
 def write_samples(directory: str | Path, count: int = 4) -> list[Path]:
     """Write the first `count` images of the `overfeat_shapes` test split to `directory` as
     `shapes_<i>.png`, and `truth.json` (per file: class names and boxes, yxyx pixels)."""
-    from overfeat_tf.datasets import SHAPE_CLASSES, render_example
+    from overfeat_tf.data.shapes import SHAPE_CLASSES, render_example
 
     if count < 1:
         raise ValueError(f"--count must be a positive int, got {count}.")

@@ -19,7 +19,7 @@ def tiny_net():
     regressor, He init): `tiny_net(seed)`, as train.py's localize stage leaves them."""
     import keras
 
-    from overfeat_tf.models import OverFeat
+    from overfeat_tf.models.backbone import OverFeat
 
     def make(seed: int = 0, names: tuple[str, ...] = ("disk", "ring", "star")) -> OverFeat:
         keras.utils.set_random_seed(seed)
@@ -39,7 +39,7 @@ def shapes_small_dir(tmp_path_factory):
     """A TFDS data directory holding the generated `overfeat_shapes/small` (48 / 16 / 16)."""
     import tensorflow_datasets as tfds
 
-    import overfeat_tf.datasets  # noqa: F401 (registers overfeat_shapes)
+    import overfeat_tf.data.shapes  # noqa: F401 (registers overfeat_shapes)
 
     data_dir = tmp_path_factory.mktemp("tfds_small")
     tfds.builder("overfeat_shapes/small", data_dir=str(data_dir)).download_and_prepare()

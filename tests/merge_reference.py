@@ -1,11 +1,11 @@
 """Plain NumPy references of the paper's box merge (§4.3), for tests and benchmarks; no TF ops.
 
-Written from the definitions in the docstring of `overfeat_tf.merge` (match_score, tie and
+Written from the definitions in the docstring of `overfeat_tf.ops.merge` (match_score, tie and
 output order), independently of the TF implementation: float64, cluster means recomputed
 from their members. Boxes are yxyx in pixels (or any units with one scale for both axes).
 
 - `mutual_merge_numpy`: the rounds of mutual best matches, the algorithm of
-  `overfeat_tf.merge.merge_boxes` (equal to it up to float rounding).
+  `overfeat_tf.ops.merge.merge_boxes` (equal to it up to float rounding).
 - `sequential_merge_numpy`: the paper's wording, one pair per step: per class, merge the pair
   with the lowest match_score while it is <= t (ties: lexicographic order of the clusters'
   keys). O(n^3) per class.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from overfeat_tf.merge import MERGE_THRESHOLD
+from overfeat_tf.ops.merge import MERGE_THRESHOLD
 
 __all__ = ["match_score_numpy", "mutual_merge_numpy", "sequential_merge_numpy"]
 
@@ -97,7 +97,7 @@ def mutual_merge_numpy(
     tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     | tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], int]
 ):
-    """The rounds of mutual best matches (`overfeat_tf.merge.merge_boxes`; float64).
+    """The rounds of mutual best matches (`overfeat_tf.ops.merge.merge_boxes`; float64).
 
     Per class: boxes with identical coordinates start as one cluster; then, in rounds,
     every cluster's best partner is the other cluster of its class with the lowest

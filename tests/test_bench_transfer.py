@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from benchmarks import bench_transfer as bt
 from benchmarks import common
-from overfeat_tf import data
-from overfeat_tf.datasets import SHAPE_CLASSES, render_example
-from overfeat_tf.models import load_model
+from overfeat_tf.data import inputs as data
+from overfeat_tf.data.shapes import SHAPE_CLASSES, render_example
+from overfeat_tf.models.backbone import load_model
 
 # (label, objects' labels) of hand-made examples; boxes are distinct per object.
 EXAMPLES = [(3, [3, 0, 5]), (0, [0]), (5, [5, 3, 3]), (1, [1, 5]), (3, [3])]

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import predict, pyramid, serving
-from overfeat_tf.detector import OverFeatDetector, detect
-from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, decode_image
+from overfeat_tf import predict
+from overfeat_tf.data.image_io import DEFAULT_MAX_ASPECT_RATIO, decode_image
+from overfeat_tf.export import serving
+from overfeat_tf.models.detector import OverFeatDetector, detect
+from overfeat_tf.ops import pyramid
 
 SCALES = (247, 327, 439, 583, 775, 1031)  # the main job's pyramid (main_job.SHAPES_SCALES)
 MAX_IMAGES = 4

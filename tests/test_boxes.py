@@ -1,4 +1,4 @@
-"""Tests of overfeat_tf.boxes: each TF op against a NumPy reference written here (IoU against
+"""Tests of overfeat_tf.ops.boxes: each TF op against a NumPy reference written here (IoU against
 pycocotools), eagerly, in a tf.function with unknown shapes and in a tf.data map; and the
 window / pyramid geometry against pixels."""
 
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from overfeat_tf import boxes as B
-from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, FAST
+from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, FAST
+from overfeat_tf.ops import boxes as B
 
 
 # --- NumPy references (independent of the package) -------------------------------------------

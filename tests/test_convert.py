@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from overfeat_tf import convert as cv
-from overfeat_tf.config import TINY
-from overfeat_tf.models import OverFeat
+from overfeat_tf import convert as convert_command
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.config import TINY
+from overfeat_tf.release import convert as cv
 
 # (layer, out, in, kernel, stride, padding, pool) in file order: paper Table 1 (fast) and
 # Table 3 (accurate); fc6..fc8 are stored as convolutions.
@@ -258,7 +259,7 @@ def test_cli_converts_every_weight_into_a_loadable_keras_file(released, header, 
     net = released["net"]
     output = tmp_path / f"{net}-imagenet.keras"
     argv = ["--model", net, "--weights", str(released["encoded"]), "--output", str(output)]
-    assert cv.main([*argv, "--class-names", str(header)]) == 0
+    assert convert_command.main([*argv, "--class-names", str(header)]) == 0
     assert f"Wrote {output}" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == [output.name]  # no temporary file left
     model = keras.models.load_model(output)

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from overfeat_tf import data, image_io, tfds_io
+from overfeat_tf.data import image_io, tfds_io
+from overfeat_tf.data import inputs as data
 
 TOY_NAME = "overfeat_toy"
 TOY_CLASSES = ("red", "green", "blue")

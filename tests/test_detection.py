@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import detection
-from overfeat_tf.config import TINY
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.inference import LevelOutput
-from overfeat_tf.pyramid import build_pyramid
+from overfeat_tf.models import detection
+from overfeat_tf.models.config import TINY
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.models.inference import LevelOutput
+from overfeat_tf.ops.pyramid import build_pyramid
 
 
 def _deltas_for(box, level_hw, original_hw, flipped, out_hw, stride, window, num_classes):

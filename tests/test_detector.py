@@ -15,10 +15,12 @@ import pytest
 import tensorflow as tf
 
 import overfeat_tf
-from overfeat_tf import detection_eval, evaluation, serving
-from overfeat_tf.decoders import BoxMergeDecoder, NMSDecoder
-from overfeat_tf.detector import OverFeatDetector, as_detector, detect, localize
-from overfeat_tf.models import OverFeat
+from overfeat_tf.evaluation import classification as evaluation
+from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.export import serving
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.decoders import BoxMergeDecoder, NMSDecoder
+from overfeat_tf.models.detector import OverFeatDetector, as_detector, detect, localize
 from tests.merge_reference import mutual_merge_numpy
 
 NAMES = ["circle", "square", "triangle"]

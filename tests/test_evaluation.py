@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import data, evaluation, inference, pyramid
-from overfeat_tf.models import OverFeat
+from overfeat_tf.data import inputs as data
+from overfeat_tf.evaluation import __main__ as evaluation_command
+from overfeat_tf.evaluation import classification as evaluation
+from overfeat_tf.models import inference
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.ops import pyramid
 from tests.test_data import TOY_CLASSES, TOY_NAME, TOY_SPLITS, toy_data_dir  # noqa: F401
 
 SCALES = (231, 247, 263, 279, 295, 311)  # six small scales: quick, same row logic
@@ -107,7 +111,7 @@ def test_evaluate_skips_corrupt_records_and_rejects_foreign_labels(model):
 def test_command_on_a_saved_model(model, toy_data_dir, tmp_path, capsys):  # noqa: F811
     path = tmp_path / "toy.keras"
     model.save(path)
-    result = evaluation.main(
+    result = evaluation_command.main(
         [
             "--model",
             str(path),

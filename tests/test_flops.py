@@ -1,14 +1,14 @@
-"""FLOP counts (`overfeat_tf.flops`) against hand-computed ones and the model's real maps."""
+"""FLOP counts (`overfeat_tf.models.flops`) against hand-computed ones and the model's real maps."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import flops
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.models import OverFeat
-from overfeat_tf.pyramid import build_pyramid
+from overfeat_tf.models import flops
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.ops.pyramid import build_pyramid
 
 # Paper Table 1 (fast), training crop 231x231. Multiply-adds per layer =
 # output positions x kernel area x input channels x output channels.

@@ -22,8 +22,8 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image
 
-from overfeat_tf import image_io
-from overfeat_tf.image_io import (
+from overfeat_tf.data import image_io
+from overfeat_tf.data.image_io import (
     ImageNotFoundError,
     decode_image,
     header_size,
@@ -412,7 +412,8 @@ def test_resize_short_side_shapes_dataset_and_zero():
 
 
 def test_every_caller_shares_the_resize():
-    from overfeat_tf import data, features
+    from overfeat_tf import features
+    from overfeat_tf.data import inputs as data
 
     image = np.asarray(_photo("coffee.png"))
     assert features.resize_short_side is image_io.resize_short_side

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
+from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 from tests import reference as ref
 
 

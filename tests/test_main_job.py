@@ -10,7 +10,7 @@ from PIL import Image
 
 import train
 from overfeat_tf import main_job
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.models.detector import OverFeatDetector
 
 FEW_STEPS = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "lr_decay_epochs": ()}
 

@@ -1,4 +1,4 @@
-"""Tests of overfeat_tf.merge (the box merge of the paper, §4.3, in rounds of mutual best
+"""Tests of overfeat_tf.ops.merge (the box merge of the paper, §4.3, in rounds of mutual best
 matches) and of the merge decoder: the TF merge against its NumPy reference (eager,
 tf.function, tf.data, XLA, SavedModel), the score's box convention, the loop iterations and
 the agreement with the paper's one-pair-per-step rule."""
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import merge as M
-from overfeat_tf.decoders import BoxMergeDecoder, GreedyMergeDecoder
-from overfeat_tf.merge import MERGE_THRESHOLD, match_score, merge_boxes, mutual_merge
+from overfeat_tf.models.decoders import BoxMergeDecoder, GreedyMergeDecoder
+from overfeat_tf.ops import merge as M
+from overfeat_tf.ops.merge import MERGE_THRESHOLD, match_score, merge_boxes, mutual_merge
 from tests.merge_reference import match_score_numpy, mutual_merge_numpy, sequential_merge_numpy
 
 MAX_OUT = 400
@@ -409,7 +409,7 @@ def test_decoder_equals_the_merge_and_round_trips():
 @pytest.mark.parametrize("algorithm", ["sequential", "rounds"])
 def test_old_decoder_configs_still_load(algorithm):
     old = {
-        "module": "overfeat_tf.decoders",
+        "module": "overfeat_tf.models.decoders",
         "class_name": "GreedyMergeDecoder",
         "config": {
             "name": "greedy_merge_decoder",

@@ -11,10 +11,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from overfeat_tf import detection_eval, metrics
-from overfeat_tf.datasets.shapes import SHAPE_CLASSES, render_example
-from overfeat_tf.detector import as_detector
-from overfeat_tf.models import OverFeat
+from overfeat_tf import detection_eval as detection_eval_command
+from overfeat_tf.data.shapes import SHAPE_CLASSES, render_example
+from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.evaluation import metrics
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.detector import as_detector
 
 # --- NumPy reference of COCO's 101-point AP ----------------------------------------------------
 
@@ -339,7 +341,7 @@ def test_detection_eval_command_end_to_end(tiny_detector, tmp_path, capsys):
     argv += ["--split", "test", "--scales", "231,263", "--max-boxes", "300", "--max-examples", "3"]
     argv += ["--format", "json"]
     capsys.readouterr()  # TFDS' messages
-    result = detection_eval.main(argv)
+    result = detection_eval_command.main(argv)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["merge"] == result["merge"] and printed["nms"] == result["nms"]
     assert result["examples"] == 3 and result["labelled_examples"] == 2

@@ -13,9 +13,9 @@ import numpy as np
 from nbclient import NotebookClient
 from PIL import Image
 
-from overfeat_tf import callbacks
-from overfeat_tf.decoders import NMSDecoder
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.models.decoders import NMSDecoder
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.training import callbacks
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 NAMES = ["disk", "ring", "star"]

@@ -13,11 +13,12 @@ from matplotlib.collections import LineCollection
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from overfeat_tf import callbacks, plots
-from overfeat_tf.datasets import render_example
-from overfeat_tf.decoders import NMSDecoder
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.inference import level_probabilities
+from overfeat_tf import plots
+from overfeat_tf.data.shapes import render_example
+from overfeat_tf.models.decoders import NMSDecoder
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.models.inference import level_probabilities
+from overfeat_tf.training import callbacks
 
 NAMES = ["disk", "ring", "star"]
 

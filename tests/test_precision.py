@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import train
-from overfeat_tf import precision, training
+from overfeat_tf.training import precision
+from overfeat_tf.training import run as training
 from tests.test_data import TOY_CLASSES, encoded_examples
 
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # the AMD EPYC of issue 14

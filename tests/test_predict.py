@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from overfeat_tf import cli, predict, quiet, serving
-from overfeat_tf.datasets import SHAPE_CLASSES, render_example
-from overfeat_tf.decoders import GreedyMergeDecoder
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf import cli, predict, quiet
+from overfeat_tf.data.shapes import SHAPE_CLASSES, render_example
+from overfeat_tf.export import serving
+from overfeat_tf.models.decoders import GreedyMergeDecoder
+from overfeat_tf.models.detector import OverFeatDetector
 
 NAMES = ["disk", "ring", "star"]
 

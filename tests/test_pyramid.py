@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import boxes, image_io, inference, pyramid
-from overfeat_tf.config import ACCURATE, ACCURATE_SCALES, FAST, TINY
-from overfeat_tf.models import OverFeat
+from overfeat_tf.data import image_io
+from overfeat_tf.models import inference
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, FAST, TINY
+from overfeat_tf.ops import boxes, pyramid
 
 # Paper Table 5 (and SPEC §1): the accurate net's fine output map at each of the six sizes.
 TABLE5_FINE_MAPS = ((3, 3), (6, 9), (9, 15), (15, 21), (18, 24), (21, 30))

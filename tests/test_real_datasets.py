@@ -32,7 +32,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from skimage import data as skdata
 
-from overfeat_tf import atomic, tfds_io, training
+from overfeat_tf.data import tfds_io
+from overfeat_tf.training import run as training
+from overfeat_tf.utils import atomic
 
 # --- real photos ---------------------------------------------------------------------------
 

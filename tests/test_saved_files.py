@@ -13,8 +13,8 @@ import keras
 import numpy as np
 
 import overfeat_tf  # noqa: F401 (registers the package's classes)
-from overfeat_tf.decoders import GreedyMergeDecoder
-from overfeat_tf.detector import OverFeatDetector
+from overfeat_tf.models.decoders import GreedyMergeDecoder
+from overfeat_tf.models.detector import OverFeatDetector
 
 DATA = Path(__file__).parent / "data"
 

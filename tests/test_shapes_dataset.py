@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from overfeat_tf.datasets import SHAPE_CLASSES, OverfeatShapesConfig, render_example
-from overfeat_tf.datasets.shapes import SPLIT_IDS
+from overfeat_tf.data.shapes import SHAPE_CLASSES, SPLIT_IDS, OverfeatShapesConfig, render_example
 
 SMALL_SIZES = {"train": 48, "validation": 16, "test": 16}
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import image_io
-from overfeat_tf import spatial_training as st
-from overfeat_tf.config import TINY
-from overfeat_tf.models import OverFeat, backbone_of
+from overfeat_tf.data import image_io, spatial
+from overfeat_tf.models.backbone import OverFeat, backbone_of
+from overfeat_tf.models.config import TINY
+from overfeat_tf.training import losses, tasks
 
-SIZE = st.default_train_size(TINY)  # 295 -> a 5x5 fine map
+SIZE = spatial.default_train_size(TINY)  # 295 -> a 5x5 fine map
 C = TINY.num_classes
 
 
@@ -56,7 +56,7 @@ def test_targets_match_numpy(seed):
     hw = rng.uniform(20, 260, size=(n, 2))
     boxes = np.concatenate([y0x0, y0x0 + hw], axis=1).astype("float32")
     labels = rng.integers(0, C, size=n)
-    cls, box = st.spatial_targets(boxes, labels, TINY, SIZE, C)
+    cls, box = spatial.spatial_targets(boxes, labels, TINY, SIZE, C)
     want_cls, want_box = _numpy_targets(boxes, labels)
     np.testing.assert_array_equal(cls.numpy(), want_cls)
     np.testing.assert_allclose(box.numpy(), want_box, rtol=1e-5, atol=1e-5)
@@ -65,9 +65,9 @@ def test_targets_match_numpy(seed):
 def test_targets_in_tf_data_equal_eager():
     boxes = np.array([[10, 20, 200, 220], [100, 90, 290, 280]], "float32")
     labels = np.array([3, 7])
-    eager = st.spatial_targets(boxes, labels, TINY, SIZE, C)
+    eager = spatial.spatial_targets(boxes, labels, TINY, SIZE, C)
     ds = tf.data.Dataset.from_tensors((boxes, labels)).map(
-        lambda b, lab: st.spatial_targets(b, lab, TINY, SIZE, C)
+        lambda b, lab: spatial.spatial_targets(b, lab, TINY, SIZE, C)
     )
     (cls, box), *_ = list(ds)
     np.testing.assert_array_equal(cls.numpy(), eager[0].numpy())
@@ -81,7 +81,7 @@ def test_random_spatial_crop_moves_boxes_with_pixels():
     image[100:220, 150:330] = 255
     boxes = np.array([[100 / 400, 150 / 500, 220 / 400, 330 / 500]], "float32")
     for s in range(6):
-        crop, out = st.random_spatial_crop(image, boxes, 295, (295, 413), tf.constant([s, 1]))
+        crop, out = spatial.random_spatial_crop(image, boxes, 295, (295, 413), tf.constant([s, 1]))
         y0, x0, y1, x1 = np.round(out.numpy()[0]).astype(int)
         mask = crop.numpy()[..., 0] > 128
         ys, xs = np.nonzero(mask)
@@ -97,12 +97,12 @@ def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow(
     boxes = np.array([[100 / 400, 150 / 500, 220 / 400, 330 / 500]], "float32")
     offsets = set()
     for s in range(8):
-        crop, out = st.random_spatial_crop(image, boxes, 295, (231,), tf.constant([s, 4]))
+        crop, out = spatial.random_spatial_crop(image, boxes, 295, (231,), tf.constant([s, 4]))
         crop = crop.numpy()
-        inside = np.nonzero((crop != st.PIXEL_MEAN).any(axis=(1, 2)))[0]  # image rows
+        inside = np.nonzero((crop != spatial.PIXEL_MEAN).any(axis=(1, 2)))[0]  # image rows
         assert len(inside) == 231
         top = inside[0]
-        np.testing.assert_allclose(crop[:top], st.PIXEL_MEAN, rtol=1e-6)
+        np.testing.assert_allclose(crop[:top], spatial.PIXEL_MEAN, rtol=1e-6)
         ys, xs = np.nonzero(crop[..., 0] > 200)
         y0, x0, y1, x1 = out.numpy()[0]
         assert abs(ys.min() - y0) <= 1.5 and abs(ys.max() + 1 - y1) <= 1.5
@@ -110,8 +110,8 @@ def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow(
         assert (y1 - y0) == pytest.approx(120 * 231 / 400, abs=0.01)
         offsets.add(int(top))
     assert len(offsets) > 1  # a random vertical offset within the 64 px of padding
-    assert st.default_short_sides(295, 231) == (231, 295, 413, 590)
-    assert st.default_short_sides(231, 231) == (231, 323, 462)
+    assert spatial.default_short_sides(295, 231) == (231, 295, 413, 590)
+    assert spatial.default_short_sides(231, 231) == (231, 323, 462)
 
 
 def test_random_spatial_crop_is_a_window_of_the_shared_resize():
@@ -119,7 +119,7 @@ def test_random_spatial_crop_is_a_window_of_the_shared_resize():
     image = np.random.default_rng(3).uniform(0, 255, (90, 120, 3)).astype("float32")
     resized = image_io.resize_short_side(image, 80).numpy()  # 80 x 107
     for s in range(3):
-        crop, _ = st.random_spatial_crop(image, np.zeros((0, 4), "float32"), 64, (80,), [s, 2])
+        crop, _ = spatial.random_spatial_crop(image, np.zeros((0, 4), "float32"), 64, (80,), [s, 2])
         crop = crop.numpy()
         found = [
             (top, left)
@@ -160,11 +160,11 @@ def test_mined_loss_matches_numpy(monkeypatch):
     logits = rng.normal(size=(3, 4, 5, 4)).astype("float32")
     chance = rng.uniform(size=(3, 20)).astype("float32")
     monkeypatch.setattr(tf.random, "uniform", lambda shape, *a, **k: tf.constant(chance))
-    loss = st.MinedDetectionLoss(negative_ratio=2.0, min_negatives=3, hard_fraction=0.5)
+    loss = losses.MinedDetectionLoss(negative_ratio=2.0, min_negatives=3, hard_fraction=0.5)
     got = loss.call(tf.constant(labels), tf.constant(logits)).numpy()
     np.testing.assert_allclose(got, _numpy_mined(labels, logits, 2.0, 3, 0.5, chance), rtol=1e-5)
     config = loss.get_config()
-    assert st.MinedDetectionLoss.from_config(config).get_config() == config
+    assert losses.MinedDetectionLoss.from_config(config).get_config() == config
 
 
 def _numpy_edge_loss(e, kind, beta):
@@ -183,7 +183,7 @@ def test_box_loss_matches_numpy(per_class, kind):
     pred = rng.normal(scale=0.3, size=(2, 3, 3, 4 * per_class)).astype("float32")
     pred[0, 0, 0] = np.nan  # a cell without a box may hold anything
     target[0, 0, 0, 4] = -1
-    loss = st.WindowBoxLoss(kind)
+    loss = losses.WindowBoxLoss(kind)
     got = loss.call(tf.constant(target), tf.constant(pred)).numpy()
     want = []
     for t, p in zip(target.reshape(2, 9, 5), pred.reshape(2, 9, per_class, 4), strict=True):
@@ -195,9 +195,9 @@ def test_box_loss_matches_numpy(per_class, kind):
         want.append(np.mean(errors) if errors else 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     config = loss.get_config()
-    assert config["kind"] == kind and st.WindowBoxLoss.from_config(config).beta == 0.1
+    assert config["kind"] == kind and losses.WindowBoxLoss.from_config(config).beta == 0.1
     with pytest.raises(ValueError, match="box loss kind"):
-        st.WindowBoxLoss("l1")
+        losses.WindowBoxLoss("l1")
 
 
 def test_smooth_l1_gradient_is_bounded_and_l2_is_not():
@@ -207,7 +207,7 @@ def test_smooth_l1_gradient_is_bounded_and_l2_is_not():
     grads = {}
     for kind in ("smooth_l1", "l2"):
         with tf.GradientTape() as tape:
-            value = st.WindowBoxLoss(kind).call(target, pred)
+            value = losses.WindowBoxLoss(kind).call(target, pred)
         grads[kind] = tape.gradient(value, pred).numpy().reshape(4)
     np.testing.assert_allclose(grads["smooth_l1"], [1, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(grads["l2"], [100, 0, 0, 0], rtol=1e-5)
@@ -221,7 +221,7 @@ def test_box_targets_stay_in_window_units_bounds_for_huge_boxes():
     hw = np.exp(rng.uniform(np.log(5), np.log(2300), size=(300, 2)))  # 0.02 .. 10 windows
     centre = rng.uniform(-231, SIZE + 231, size=(300, 2))
     boxes = np.concatenate([centre - hw / 2, centre + hw / 2], axis=1).astype("float32")
-    targets = tf.function(lambda b: st.spatial_targets(b[None], [1], TINY, SIZE, C)[1])
+    targets = tf.function(lambda b: spatial.spatial_targets(b[None], [1], TINY, SIZE, C)[1])
     seen = 0
     for box in boxes:
         target = targets(tf.constant(box)).numpy().reshape(-1, 5)
@@ -231,19 +231,19 @@ def test_box_targets_stay_in_window_units_bounds_for_huge_boxes():
         assert (edges[:, :2] < 1).all() and (edges[:, 2:] > 0).all()
     assert seen > 100  # many boxes did get targets
     huge = np.array([[-500, -500, 1000, 1000]], "float32")  # 6.5 windows square
-    assert (st.spatial_targets(huge, [1], TINY, SIZE, C)[1].numpy()[..., 4] == -1).all()
+    assert (spatial.spatial_targets(huge, [1], TINY, SIZE, C)[1].numpy()[..., 4] == -1).all()
     box = np.array([[20, 30, 260, 200]], "float32")
-    small = st.spatial_targets(box, [1], TINY, SIZE, C)[1].numpy()[0, 0, :4]
+    small = spatial.spatial_targets(box, [1], TINY, SIZE, C)[1].numpy()[0, 0, :4]
     np.testing.assert_allclose(small, [20 / 231, 30 / 231, 260 / 231, 200 / 231], rtol=1e-6)
     window_x2 = tf.constant([[0.0, 0.0, 462.0, 462.0]])  # the same geometry in 2x pixels
-    big = st.box_ops.encode_boxes(2 * box, window_x2).numpy()[0]
+    big = spatial.box_ops.encode_boxes(2 * box, window_x2).numpy()[0]
     np.testing.assert_allclose(small, big, rtol=1e-6)
 
 
 def test_task_models_copy_weights_and_freeze():
     keras.utils.set_random_seed(0)
     base = OverFeat("tiny", kernel_initializer="he_normal", class_names=[str(i) for i in range(C)])
-    detector = st.task_model("detect", base)
+    detector = tasks.task_model("detect", base)
     assert detector.background and detector.regressor is None
     np.testing.assert_array_equal(
         detector.get_layer("conv3").kernel.numpy(), base.get_layer("conv3").kernel.numpy()
@@ -251,13 +251,13 @@ def test_task_models_copy_weights_and_freeze():
     kernel = detector.get_layer("fc8").kernel.numpy()
     np.testing.assert_array_equal(kernel[..., :C], base.get_layer("fc8").kernel.numpy())
     assert not kernel[..., C].any()
-    localizer = st.task_model("localize", detector)
+    localizer = tasks.task_model("localize", detector)
     assert localizer.regressor == "class_specific" and localizer.background
     trainable = {w.path.split("/")[0] for w in localizer.trainable_weights}
     assert trainable == {"reg_fc1", "reg_fc2", "reg_out"}
-    assert set(st.task_losses("localize", localizer)) == {"class_logits", "box_deltas"}
+    assert set(tasks.task_losses("localize", localizer)) == {"class_logits", "box_deltas"}
     with pytest.raises(ValueError, match="task"):
-        st.task_model("segment", base)
+        tasks.task_model("segment", base)
 
 
 def test_localize_training_reduces_box_loss():
@@ -266,9 +266,9 @@ def test_localize_training_reduces_box_loss():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype("float32")
     boxes = np.array([[40, 50, 200, 230]], "float32")
-    targets = [st.spatial_targets(boxes, [2], TINY, SIZE, C)[1] for _ in range(2)]
-    model = st.task_model("localize", OverFeat("tiny", kernel_initializer="he_normal"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=st.task_losses("localize", model))
+    targets = [spatial.spatial_targets(boxes, [2], TINY, SIZE, C)[1] for _ in range(2)]
+    model = tasks.task_model("localize", OverFeat("tiny", kernel_initializer="he_normal"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tasks.task_losses("localize", model))
     y = {"box_deltas": tf.stack(targets), "class_logits": tf.zeros([2, 5, 5])}
     history = model.fit(images, y, epochs=15, batch_size=2, verbose=0).history["loss"]
     assert history[-1] < 0.5 * history[0]
@@ -290,7 +290,7 @@ def _detection_examples(n: int = 6) -> tf.data.Dataset:
 def test_train_py_stages_detect_then_localize(tmp_path):
     """`training.train(task=...)`: detect adds the background class and trains the net,
     localize trains only the regressor (trunk and classifier stay as they were)."""
-    from overfeat_tf import training
+    from overfeat_tf.training import run as training
 
     keras.utils.set_random_seed(0)
     names = [f"c{i}" for i in range(C)]
@@ -331,7 +331,7 @@ def test_train_py_stages_detect_then_localize(tmp_path):
 
 
 def test_spatial_task_needs_an_initial_model():
-    from overfeat_tf import training
+    from overfeat_tf.training import run as training
 
     with pytest.raises(ValueError, match="--init-model"):
         training.TrainConfig(model="tiny", task="detect")
@@ -368,7 +368,8 @@ def test_localize_on_real_photos_trains_with_a_finite_decreasing_loss(tmp_path):
     norm clipped to 1, a regressor that starts at its window) on real 500x375 photos: on a
     fixed batch of their training crops every step's loss is finite and it falls; a short
     run through `training.train` ends finite and saves a finite model."""
-    from overfeat_tf import recipe, training
+    from overfeat_tf.training import recipe
+    from overfeat_tf.training import run as training
 
     names = [f"c{i}" for i in range(C)]
     keras.utils.set_random_seed(1)
@@ -388,7 +389,7 @@ def test_localize_on_real_photos_trains_with_a_finite_decreasing_loss(tmp_path):
     keras.utils.set_random_seed(config.seed)
     model = recipe.compile_task_model(recipe.build_task_model(config, names), config, 10)
     assert model.optimizer.global_clipnorm == 1.0 and model.optimizer.learning_rate == 1e-2
-    images, targets = next(iter(st.spatial_dataset(_photos(), "train", TINY, C, 4, seed=3)))
+    images, targets = next(iter(spatial.spatial_dataset(_photos(), "train", TINY, C, 4, seed=3)))
     assert (targets["box_deltas"][..., 4] >= 0).numpy().sum() >= 4  # cells with a box
     y = {name: targets[name] for name in model.output_names}
     losses = model.fit(images, y, epochs=12, batch_size=4, verbose=0).history["loss"]

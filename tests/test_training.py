@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import callbacks, data, distribute, recipe, training
-from overfeat_tf.models import OverFeat
+from overfeat_tf.data import inputs as data
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.training import callbacks, distribute, recipe
+from overfeat_tf.training import run as training
 from tests.test_data import TOY_CLASSES, TOY_NAME, encoded_examples, toy_data_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf import callbacks, recipe, training
-from overfeat_tf import convert as cv
-from overfeat_tf.datasets import SHAPE_CLASSES, render_example
-from overfeat_tf.models import OverFeat, backbone_of, load_model
+from overfeat_tf.data.shapes import SHAPE_CLASSES, render_example
+from overfeat_tf.models.backbone import OverFeat, backbone_of, load_model
+from overfeat_tf.release import convert as cv
+from overfeat_tf.training import callbacks, recipe
+from overfeat_tf.training import run as training
 from tests import test_convert as tc
 from tests.test_data import TOY_CLASSES, encoded_examples, toy_data_dir  # noqa: F401
 from tests.test_training import (

@@ -2,17 +2,17 @@
 `TrainConfig` (a run's settings) and `train` (prepare, build, fit, save).
 
 What a run trains and how (model, init, SGD, schedule, Torch-style weight decay) is
-`overfeat_tf.recipe`; how it is distributed (strategies, the chief) is
-`overfeat_tf.distribute`. Inputs: random 231x231 (fast, tiny) / 221x221 (accurate) crops of
-images rescaled to a 256 px short side, random flips (`overfeat_tf.data`), or the spatial
-tasks' images and targets (`overfeat_tf.spatial_training`).
+`overfeat_tf.training.recipe`; how it is distributed (strategies, the chief) is
+`overfeat_tf.training.distribute`. Inputs: random 231x231 (fast, tiny) / 221x221 (accurate) crops of
+images rescaled to a 256 px short side, random flips (`overfeat_tf.data.inputs`), or the spatial
+tasks' images and targets (`overfeat_tf.data.spatial`).
 
 Fault tolerance: `keras.callbacks.BackupAndRestore` saves weights, optimizer state (step,
 momenta) and the epoch at the end of every epoch in `<output>/backup`; rerunning the same
 command after a crash restores them, so only the current epoch is lost. The data order
 of a resumed run is reseeded from the epoch, so it does not replay epoch 0's order.
 `ModelCheckpoint` keeps every epoch's weights in `<output>/checkpoints/`, TensorBoard logs
-go to `<output>/logs` (these callbacks: `overfeat_tf.callbacks`), and the final spatial
+go to `<output>/logs` (these callbacks: `overfeat_tf.training.callbacks`), and the final spatial
 `OverFeat` model (an `OverFeatDetector` for detect / localize) to `<output>/model.keras`
 (written to a temporary file, then renamed). Under `multi_worker` only the chief writes
 `<output>`; other workers write under `<output>/workers/<index>/`.
@@ -36,182 +36,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import atomic, callbacks, data, precision, spatial_training, tfds_io
-from overfeat_tf.atomic import atomic_path
-from overfeat_tf.config import model_config
-from overfeat_tf.detector import OverFeatDetector
-from overfeat_tf.distribute import STRATEGIES, is_chief, make_strategy
-from overfeat_tf.models import OverFeat
-from overfeat_tf.recipe import (
+from overfeat_tf.data import inputs as data
+from overfeat_tf.data import spatial, tfds_io
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.config import model_config
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.training import callbacks, precision
+from overfeat_tf.training.config import (
+    DEFAULT_DATASETS,
     INITS,
+    MODELS,
     TASK_DEFAULTS,
+    TASKS,
+    TrainConfig,
+)
+from overfeat_tf.training.distribute import STRATEGIES, is_chief, make_strategy
+from overfeat_tf.training.recipe import (
     build_task_model,
-    check_transfer_settings,
     compile_crop_model,
     compile_task_model,
     initial_model,
 )
+from overfeat_tf.utils import atomic
+from overfeat_tf.utils.atomic import atomic_path
 
-# STRATEGIES, INITS, TASK_DEFAULTS and initial_model are also re-exported: train.py, the
-# benchmarks and tests/test_precision.py use them as `training.X`.
-MODELS = ("fast", "accurate", "tiny")
-TASKS = ("classify", *spatial_training.TASKS)  # classify -> detect -> localize
-# `python train.py --model fast` is the paper's ImageNet run; tiny trains on generated data.
-DEFAULT_DATASETS = {"fast": "imagenet2012", "accurate": "imagenet2012", "tiny": "overfeat_shapes"}
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs; defaults are the paper's recipe (§3.1).
-
-    Attributes:
-        model: "fast", "accurate" or "tiny".
-        task: "classify" (crops -> labels, paper §3), "detect" (spatial, with a background
-            class and mined negatives, §5) or "localize" (the box regressor on a frozen
-            trunk, §4.2); see `overfeat_tf.spatial_training`.
-        init_model: the `.keras` model (an `OverFeat` or `OverFeatDetector`: a `convert`ed
-            release net, or any model a run saved) the run starts from; required for
-            "detect" / "localize" (the classifier, or the detector before "localize"),
-            optional for "classify" (fine-tuning). It may have any label set: with the
-            dataset's classes (same names, same order) and no transfer flags every layer is
-            copied, fc8 included; otherwise layers up to `transfer_up_to` are copied and
-            fc8 (+ background for detect) is new (`recipe.transfer_model`).
-        transfer_up_to: the last layer copied from `init_model` (`recipe.layer_order`:
-            "conv1" .. "conv5"/"conv6", "fc6", "fc7", "adapt1".., "fc8"). None: "fc7"
-            when the label set or the adaptation layers change, every layer otherwise.
-        adaptation_layers: new fc layers (1x1 convs, ReLU, dropout) between fc7 and fc8
-            (Oquab et al. 2014: 1 = their FCa before FCb = fc8). None: those of
-            `init_model` (none without one); 0 removes them.
-        adaptation_width: units of each adaptation layer (Oquab: 2048).
-        freeze_up_to: the layers up to this one (same names as `transfer_up_to`) are not
-            trained ("classify" / "detect"; Oquab: "fc7", training only the adaptation
-            layers and fc8). None: every layer trains.
-        regressor: "class_specific" or "class_agnostic" (the head "localize" adds).
-        box_loss: "localize" loss on the window-unit box edges: "smooth_l1" (default,
-            bounded gradients) or "l2" (the paper's); see `losses.WindowBoxLoss`.
-        train_size: side of the spatial tasks' training images (None: crop + 4 fine
-            strides, a 5x5 output map).
-        dataset: TFDS name (e.g. "imagenet2012", "overfeat_shapes/standard"); None: the
-            model's default (`DEFAULT_DATASETS`).
-        split: training split.
-        val_split: optional split evaluated (central crop) after every epoch.
-        data_dir: TFDS data directory (None: TFDS' default, ~/tensorflow_datasets).
-        output: run directory (checkpoints, backup, logs, model.keras).
-        epochs: number of epochs (the schedule's last halving is after epoch 80).
-        steps_per_epoch: batches per epoch; None: examples in the split // batch size.
-        batch_size: global batch size (split over replicas).
-        learning_rate: initial learning rate. None: the task's default
-            (`TASK_DEFAULTS`: 5e-2 classify and detect, 1e-2 localize).
-        clipnorm: SGD's gradients (all trainable variables together) are scaled down to
-            this global norm when longer. None: the task's default (`TASK_DEFAULTS`: none
-            for classify, 10 detect, 1 localize); 0: no clipping.
-        lr_decay_epochs: epochs after which the learning rate is multiplied by
-            `lr_decay_factor`.
-        lr_decay_factor: the multiplier (paper: 0.5).
-        momentum: SGD momentum.
-        weight_decay: Torch-style L2 weight decay (see `overfeat_tf.recipe`).
-        init: "paper" (N(0, 1e-2)) or "he_normal".
-        dropout: override the model's dropout rate after fc6 and fc7 (paper: 0.5).
-        mixed_precision: "auto" (mixed bfloat16 where the hardware has bf16 matrix units,
-            else float32; see `overfeat_tf.precision`), "float32", "bfloat16" or "float16"
-            (Keras mixed policies; an explicit choice wins). "none" / None: float32.
-        strategy: "default", "mirrored", "multi_worker" or "tpu" (`overfeat_tf.distribute`).
-        tpu: TPU name or address for `strategy="tpu"` ("" or None: the local TPU).
-        seed: seeds the initialization, the data order and the augmentation.
-        short_side: images are rescaled to this short side before cropping (px).
-        shuffle_buffer: shuffle buffer size (examples).
-        cache: cache the decoded, rescaled images in memory (small datasets only).
-        time_limit: stop training after this many seconds (at the end of a step); None:
-            no limit.
-        verbose: Keras verbosity ("auto": a progress bar in a terminal, else one line
-            per epoch).
-    """
-
-    model: str = "fast"
-    task: str = "classify"
-    init_model: str | None = None
-    transfer_up_to: str | None = None
-    adaptation_layers: int | None = None
-    adaptation_width: int = 2048
-    freeze_up_to: str | None = None
-    regressor: str = "class_specific"
-    box_loss: str = "smooth_l1"
-    train_size: int | None = None
-    dataset: str | None = None
-    split: str = "train"
-    val_split: str | None = None
-    data_dir: str | None = None
-    output: str | None = None
-    epochs: int = 90
-    steps_per_epoch: int | None = None
-    batch_size: int = 128
-    learning_rate: float | None = None
-    clipnorm: float | None = None
-    lr_decay_epochs: tuple[int, ...] = (30, 50, 60, 70, 80)
-    lr_decay_factor: float = 0.5
-    momentum: float = 0.6
-    weight_decay: float = 1e-5
-    init: str = "paper"
-    dropout: float | None = None
-    mixed_precision: str | None = "auto"
-    strategy: str = "default"
-    tpu: str | None = None
-    seed: int = 0
-    short_side: int = data.SHORT_SIDE
-    shuffle_buffer: int = 10_000
-    cache: bool = False
-    time_limit: float | None = None
-    verbose: str | int = "auto"
-
-    def __post_init__(self) -> None:
-        defaults = TASK_DEFAULTS.get(self.task, {})
-        if self.learning_rate is None:
-            self.learning_rate = defaults.get("learning_rate", 5e-2)
-        if self.clipnorm is None:
-            self.clipnorm = defaults.get("clipnorm", 0.0)
-        self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
-        # ValueError naming the valid choices; "none" / None -> "float32".
-        self.mixed_precision = precision.normalize_precision(self.mixed_precision)
-        checks = [
-            (self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}."),
-            (self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}."),
-            (
-                self.task == "classify" or bool(self.init_model),
-                f"--task {self.task} starts from a trained model: pass --init-model PATH.keras "
-                "(the classifier for detect, the detector or classifier for localize).",
-            ),
-            (
-                self.strategy in STRATEGIES,
-                f"strategy must be one of {STRATEGIES}, got {self.strategy!r}.",
-            ),
-            (self.init in INITS, f"init must be one of {sorted(INITS)}, got {self.init!r}."),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}."),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}."),
-            (
-                self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-                f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}.",
-            ),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}."),
-            *check_transfer_settings(self),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}."),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}."),
-            (
-                self.dropout is None or 0 <= self.dropout < 1,
-                f"dropout must be in [0, 1), got {self.dropout}.",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @property
-    def dataset_name(self) -> str:
-        return self.dataset or DEFAULT_DATASETS[self.model]
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.output or f"runs/{self.model}").expanduser()
-
+__all__ = [  # the run, and what train.py, the benchmarks and tests use as `training.X`
+    "DEFAULT_DATASETS",
+    "INITS",
+    "MODELS",
+    "STRATEGIES",
+    "TASKS",
+    "TASK_DEFAULTS",
+    "TrainConfig",
+    "initial_model",
+    "save_model",
+    "summary_line",
+    "train",
+]
 
 # --- saving --------------------------------------------------------------------------------
 
@@ -324,7 +185,7 @@ def _train_input(
     the targets of `model`'s outputs (detect / localize)."""
     seed = config.seed + 7919 * initial_epoch  # a resumed run does not replay epoch 0
     if config.task != "classify":
-        return spatial_training.spatial_dataset(
+        return spatial.spatial_dataset(
             source,
             config.split,
             model_config(config.model),

@@ -15,7 +15,7 @@ The recipe (every number overridable through `training.TrainConfig` / `train.py`
   also damps momentum by default, `v = m v + (1 - m) g`; that detail is not emulated.)
 
 "classify" trains the crop model (crops -> logits, `compile_crop_model`); "detect" and
-"localize" train the spatial model that `spatial_training.task_model` makes of a trained
+"localize" train the spatial model that `tasks.task_model` makes of a trained
 one (`build_task_model`, `compile_task_model`). The spatial tasks clip the gradient's
 global norm and localize uses a lower rate (`TASK_DEFAULTS`): on real photos, SGD at
 lr 5e-2 without clipping diverges to NaN in detect and localize within ~20 steps.
@@ -35,64 +35,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 
-from overfeat_tf import precision, spatial_training
-from overfeat_tf.config import model_config
-from overfeat_tf.distribute import CropTrainer
-from overfeat_tf.losses import BOX_LOSSES
-from overfeat_tf.models import (
-    PAPER_INITIALIZER,
-    OverFeat,
-    adaptation_names,
-    backbone_of,
-    load_model,
-)
-
-if TYPE_CHECKING:
-    from overfeat_tf.training import TrainConfig
-
-INITS = {"paper": PAPER_INITIALIZER, "he_normal": "he_normal"}
-
-# Per-task defaults of the settings left None. classify: the paper's recipe (§3.1). The
-# spatial tasks clip the global gradient norm; localize's L2-like regression on frozen,
-# unnormalized features diverges at the classification rate (measured: spatial_training, README).
-TASK_DEFAULTS: dict[str, dict[str, float]] = {
-    "classify": {"learning_rate": 5e-2, "clipnorm": 0.0},
-    "detect": {"learning_rate": 5e-2, "clipnorm": 10.0},
-    "localize": {"learning_rate": 1e-2, "clipnorm": 1.0},
-}
-
-
-def check_transfer_settings(config: TrainConfig) -> list[tuple[bool, str]]:
-    """(ok, message) checks of the clipping, box-loss and transfer settings of a
-    `TrainConfig` (its `__post_init__` raises the first failed one as a ValueError)."""
-    return [
-        (config.clipnorm >= 0, f"clipnorm must be >= 0 (0: off), got {config.clipnorm}."),
-        (
-            config.box_loss in BOX_LOSSES,
-            f"box_loss must be one of {BOX_LOSSES}, got {config.box_loss!r}.",
-        ),
-        (
-            config.adaptation_layers is None or config.adaptation_layers >= 0,
-            f"adaptation_layers must be >= 0, got {config.adaptation_layers}.",
-        ),
-        (
-            config.adaptation_width >= 1,
-            f"adaptation_width must be >= 1, got {config.adaptation_width}.",
-        ),
-        (
-            config.transfer_up_to is None or bool(config.init_model),
-            "--transfer-up-to chooses what is copied from --init-model: pass one.",
-        ),
-        (
-            config.freeze_up_to is None or config.task != "localize",
-            "--freeze-up-to is for classify and detect: localize already trains only "
-            "the regressor.",
-        ),
-    ]
+from overfeat_tf.models.backbone import OverFeat, adaptation_names, backbone_of, load_model
+from overfeat_tf.models.config import model_config
+from overfeat_tf.training import precision, tasks
+from overfeat_tf.training.config import INITS, TrainConfig
+from overfeat_tf.training.distribute import CropTrainer
 
 
 def learning_rate_schedule(
@@ -206,7 +157,7 @@ def transfer_model(
     `keep_heads` (detect / localize), `base`'s background class is kept when fc8 is
     copied, and its regressor when the whole trunk is copied and the regressor does not
     depend on the label set (the same classes, or class-agnostic); otherwise a localize run
-    adds a new regressor (`spatial_training.task_model`). Prints one line saying what was
+    adds a new regressor (`tasks.task_model`). Prints one line saying what was
     copied and what is new.
 
     Raises:
@@ -352,7 +303,7 @@ def compile_crop_model(model: OverFeat, config: TrainConfig, steps_per_epoch: in
 
 def build_task_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
     """The model of a "detect" / "localize" run, from `config.init_model` (call inside the
-    strategy's scope): `spatial_training.task_model` of the loaded model, after
+    strategy's scope): `tasks.task_model` of the loaded model, after
     `transfer_model` when the label set or the classifier layers change."""
     base = load_init_model(config)
     if needs_transfer(base, class_names, config):
@@ -366,7 +317,7 @@ def build_task_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
                 "on this dataset) and localize from that model.",
                 stacklevel=2,
             )
-    model = spatial_training.task_model(
+    model = tasks.task_model(
         config.task,
         base,
         config.regressor,
@@ -379,11 +330,11 @@ def build_task_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
 
 def compile_task_model(model: OverFeat, config: TrainConfig, steps_per_epoch: int) -> OverFeat:
     """Compile a spatial task's model: SGD (+ global norm clipping, `config.clipnorm`) and
-    weight decay on its trainable layers, the task's losses (`spatial_training.task_losses`,
+    weight decay on its trainable layers, the task's losses (`tasks.task_losses`,
     `config.box_loss` for "localize")."""
     add_weight_decay(model, config.weight_decay)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
-        loss=spatial_training.task_losses(config.task, model, config.box_loss),
+        loss=tasks.task_losses(config.task, model, config.box_loss),
     )
     return model

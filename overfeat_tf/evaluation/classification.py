@@ -27,7 +27,6 @@ Command:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -37,16 +36,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import cli, data
-from overfeat_tf.inference import (
+from overfeat_tf import cli
+from overfeat_tf.data import inputs as data
+from overfeat_tf.models.backbone import backbone_of
+from overfeat_tf.models.inference import (
     level_probabilities,
     object_probabilities,
     run_levels,
     spatial_max,
     spatial_model,
 )
-from overfeat_tf.models import backbone_of, load_model
-from overfeat_tf.pyramid import Scale, check_scales, default_scales
+from overfeat_tf.ops.pyramid import Scale, check_scales, default_scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,35 +243,3 @@ def format_report(result: dict[str, Any]) -> str:
         f"{result['examples']} images, scales {result['scales']}, {result['seconds']:.0f} s\n"
         + format_table(result)
     )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = cli.command_parser(
-        "python -m overfeat_tf.evaluation",
-        "Multi-scale classification evaluation (paper Table 2) of any overfeat_tf model "
-        "(classify, detect or localize).",
-    )
-    cli.add_dataset_arguments(p)
-    cli.add_detection_flags(p, names=["scales"])
-    cli.add_format_argument(p)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    model = load_model(args.model)
-    result = evaluate(
-        model,
-        args.dataset,
-        args.split,
-        args.data_dir,
-        cli.given(args, cli.detection_flags()).get("scales"),
-        max_examples=args.max_examples,
-        progress=args.format == "text",
-    )
-    cli.print_result(result, args.format, format_report)
-    return result
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -1,4 +1,4 @@
-"""What runs during a training run's `fit`: the Keras callbacks of `overfeat_tf.training`.
+"""What runs during a training run's `fit`: the Keras callbacks of `overfeat_tf.training.run`.
 
 `fit_callbacks` assembles them in the order a run needs (see its docstring):
 - `CorruptRecordLogger`: the count of skipped corrupt records in the epoch logs;
@@ -29,7 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import atomic, data
+from overfeat_tf.data import inputs as data
+from overfeat_tf.utils import atomic
 
 BACKUP_DIR = "backup"  # under the run's output directory
 CHECKPOINT_PATTERN = "checkpoints/epoch_{epoch:03d}.weights.h5"  # likewise; epoch 1-based

@@ -388,9 +388,9 @@ class OverfeatShapes(tfds.core.GeneratorBasedBuilder):
         standard (default): 8000 / 500 / 1000.
         small: 48 / 16 / 16, builds in seconds, for unit tests.
 
-    Build and load (importing `overfeat_tf.datasets` registers the builder)::
+    Build and load (importing `overfeat_tf.data.shapes` registers the builder)::
 
-        import overfeat_tf.datasets  # noqa: F401
+        import overfeat_tf.data.shapes  # noqa: F401
         ds = tfds.load("overfeat_shapes/small", split="train", data_dir=data_dir)
 
         # A custom size: give it its own name, since the name is the directory on disk.

@@ -14,7 +14,7 @@ warning line when the hardware has no units for it.
 Example:
 
 ```python
-from overfeat_tf import precision
+from overfeat_tf.training import precision
 
 policy = precision.resolve_precision("auto")  # "float32" or "mixed_bfloat16"
 keras.mixed_precision.set_global_policy(policy)

@@ -1,7 +1,7 @@
 """Losses of the spatial tasks (paper §4.2 localization, §5 detection), registered so a
 compiled model saved by `train.py` loads with `import overfeat_tf`.
 
-Targets are those of `overfeat_tf.spatial_training.spatial_targets`: class targets
+Targets are those of `overfeat_tf.data.spatial.spatial_targets`: class targets
 `[B, h, w]` (class, C = background, -1 = ignored) and box targets `[B, h, w, 5]` (4 edges
 yxyx in the frame of the cell's window, in window units, then the box's class as a float,
 -1 = no box).

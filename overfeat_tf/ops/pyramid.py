@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from overfeat_tf import image_io
-from overfeat_tf.config import ACCURATE_SCALES, ModelConfig, model_config
+from overfeat_tf.data import image_io
+from overfeat_tf.models.config import ACCURATE_SCALES, ModelConfig, model_config
 
 Scale = int | tuple[int, int]
 

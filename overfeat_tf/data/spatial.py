@@ -1,4 +1,4 @@
-"""Spatial training for localization (box regressor, paper §4.2) and detection (§5).
+"""Spatial training data for localization (box regressor, paper §4.2) and detection (§5).
 
 Both tasks train on whole output *maps*: a training image is rescaled (short side drawn
 from several scales, so the regressor learns to predict across scales, §4.2; the smallest
@@ -33,11 +33,8 @@ ymin, xmin in [-1, 1) and ymax, xmax in (0, 2]. Boxes much larger than the windo
 filling object at a large scale) are never regressed by that window; smaller scales of
 the same image train them. A fresh regressor starts by predicting its own window (`reg_out`
 bias `[0, 0, 1, 1]` per class, kernel N(0, 1e-3)): the first loss is the target's distance
-from the window, not a random output's, so the first steps on real photos stay small.
-
-Task order that keeps every head consistent with the trunk it reads:
-classify (`training.py`) -> detect (fine-tunes trunk and classifier with the background
-class) -> localize (trunk and classifier frozen, trains the regressor on that trunk).
+from the window, not a random output's, so the first steps on real photos stay small
+(`training.tasks.init_window_regressor`).
 """
 
 from __future__ import annotations
@@ -45,19 +42,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import boxes as box_ops
-from overfeat_tf import data, image_io, tfds_io
-from overfeat_tf.config import PIXEL_MEAN, ModelConfig
-from overfeat_tf.losses import MinedDetectionLoss, WindowBoxLoss
-from overfeat_tf.models import OverFeat
+from overfeat_tf.data import image_io, tfds_io
+from overfeat_tf.data import inputs as data
+from overfeat_tf.models.config import PIXEL_MEAN, ModelConfig
+from overfeat_tf.ops import boxes as box_ops
 
-TASKS = ("localize", "detect")
 TARGET_RANGE = (-1.0, 2.0)  # every box-target edge lies in this range (module docstring)
-REG_OUT_STDDEV = 1e-3  # a fresh regressor's last layer: N(0, 1e-3) kernel, window bias
 COVERAGE = 0.5  # paper §4.2: train on windows holding >= 50% of the box
 _NO_BOX = -1  # box_class target of cells with no box to regress
 _IGNORE = -1  # class target of cells left out of the detection loss
@@ -244,78 +236,3 @@ def spatial_dataset(
 
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-# --- models ---------------------------------------------------------------------------------
-def task_model(
-    task: str,
-    model: OverFeat,
-    regressor: str = "class_specific",
-    dtype: Any = None,
-    kernel_initializer: str | dict | None = None,
-) -> OverFeat:
-    """The model a spatial task trains, from a trained one (weights copied by layer name).
-
-    detect: adds the background class (fc8 gets one more output: the object classes'
-    weights are kept, background starts at zero) and keeps any regressor; the regressor is
-    frozen, everything else trains. localize: adds a regressor (`regressor` kind) if the
-    model has none, initialized by `kernel_initializer` (default: the model's) with its
-    last layer predicting the window (`init_window_regressor`); only the regressor trains.
-    The model's adaptation layers (`OverFeat(adaptation=...)`) are kept.
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-    background = model.background or task == "detect"
-    kind = model.regressor or (regressor if task == "localize" else None)
-    new = OverFeat(
-        model.config,
-        class_names=model.class_names,
-        stride="fine",
-        regressor=kind,
-        background=background,
-        kernel_initializer=kernel_initializer or model.kernel_initializer,
-        dtype=dtype,
-        adaptation=model.adaptation,
-    )
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        target = new.get_layer(layer.name)
-        values = layer.get_weights()
-        if layer.name == "fc8" and background and not model.background:
-            kernel, bias = values
-            values = [
-                np.concatenate([kernel, np.zeros_like(kernel[..., :1])], axis=-1),
-                np.concatenate([bias, np.zeros_like(bias[:1])]),
-            ]
-        target.set_weights(values)
-    if kind and not model.regressor:
-        init_window_regressor(new)
-    for layer in new.layers:
-        regression = layer.name.startswith("reg_")
-        layer.trainable = regression if task == "localize" else not regression
-    return new
-
-
-def init_window_regressor(model: OverFeat, seed: int | None = None) -> None:
-    """Make `model`'s regressor predict (about) its own window for every class: `reg_out`
-    kernel N(0, `REG_OUT_STDDEV`), bias `[0, 0, 1, 1]` (yxyx window units) per box."""
-    layer = model.get_layer("reg_out")
-    kernel = layer.kernel
-    kernel.assign(keras.random.normal(kernel.shape, stddev=REG_OUT_STDDEV, seed=seed))
-    boxes = layer.bias.shape[0] // 4
-    layer.bias.assign(np.tile(np.array([0.0, 0.0, 1.0, 1.0], "float32"), boxes))
-
-
-def task_losses(
-    task: str, model: OverFeat, box_loss: str = "smooth_l1", **mining: Any
-) -> dict[str, keras.losses.Loss | None]:
-    """The `compile` losses of a task, one per output of `model` (None: not trained);
-    `box_loss` is the `WindowBoxLoss` kind of "localize" ("smooth_l1" or "l2")."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-    losses = {
-        "class_logits": MinedDetectionLoss(**mining) if task == "detect" else None,
-        "box_deltas": WindowBoxLoss(box_loss) if task == "localize" else None,
-    }
-    return {name: losses[name] for name in model.output_names}

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from overfeat_tf import boxes as box_ops
-from overfeat_tf.inference import LevelOutput, level_probabilities, spatial_max
+from overfeat_tf.models.inference import LevelOutput, level_probabilities, spatial_max
+from overfeat_tf.ops import boxes as box_ops
 
 
 def level_boxes(

@@ -77,11 +77,11 @@ import keras
 import tensorflow as tf
 
 import overfeat_tf
-from overfeat_tf import image_io, pyramid
-from overfeat_tf.atomic import atomic_path
-from overfeat_tf.config import ModelConfig
-from overfeat_tf.decoders import BoxMergeDecoder
-from overfeat_tf.detector import (
+from overfeat_tf.data import image_io
+from overfeat_tf.models.backbone import backbone_of
+from overfeat_tf.models.config import ModelConfig
+from overfeat_tf.models.decoders import BoxMergeDecoder
+from overfeat_tf.models.detector import (
     BOX_OPTIONS,
     TOP_CLASSES,
     OverFeatDetector,
@@ -90,14 +90,15 @@ from overfeat_tf.detector import (
     output_spec,
     top_classes,
 )
-from overfeat_tf.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
-from overfeat_tf.inference import classify_tensor
-from overfeat_tf.models import backbone_of
+from overfeat_tf.models.inference import classify_tensor
+from overfeat_tf.ops import pyramid
+from overfeat_tf.release.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
+from overfeat_tf.utils.atomic import atomic_path
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "overfeat_export.json"
-FORMAT = "overfeat_tf.serving/1"
+FORMAT = "overfeat_tf.export.serving/1"
 DEFAULT_MAX_IMAGES = 32
 
 

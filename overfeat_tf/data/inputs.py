@@ -25,8 +25,8 @@ one-element inner dataset with `ignore_errors()`, followed by a placeholder flag
 (`skip_corrupt`), so the count is exact, per record, and needs no second pass. Errors of
 the storage layer itself (an unreadable TFRecord file) are not records and still raise.
 
-Decoding and resizing are `overfeat_tf.image_io`'s (`to_rgb`, `resize_short_side`), the
-same as at inference and serving; TFDS builders and raw splits are `overfeat_tf.tfds_io`'s.
+Decoding and resizing are `overfeat_tf.data.image_io`'s (`to_rgb`, `resize_short_side`), the
+same as at inference and serving; TFDS builders and raw splits are `overfeat_tf.data.tfds_io`'s.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from overfeat_tf import image_io
+from overfeat_tf.data import image_io
 
 # `as` names: re-exported for callers that import them from here (training.py); their home
-# is `overfeat_tf.tfds_io`.
-from overfeat_tf.tfds_io import example_objects, raw_split
+# is `overfeat_tf.data.tfds_io`.
+from overfeat_tf.data.tfds_io import example_objects, raw_split
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHORT_SIDE = 256  # paper §3.1: images rescaled so their smallest dimension is 256 px

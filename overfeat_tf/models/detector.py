@@ -35,20 +35,20 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf import boxes as box_ops
-from overfeat_tf.config import check_stride
-from overfeat_tf.decoders import (
+from overfeat_tf.data.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio, load_image
+from overfeat_tf.models.backbone import OverFeat, backbone_of
+from overfeat_tf.models.config import check_stride
+from overfeat_tf.models.decoders import (
     DECODER_OPTIONS,
     BoxMergeDecoder,
     NMSDecoder,
     decoder_options,
     make_decoder,
 )
-from overfeat_tf.detection import kept_boxes, level_boxes
-from overfeat_tf.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio, load_image
-from overfeat_tf.inference import LevelOutput, run_levels
-from overfeat_tf.models import OverFeat, backbone_of
-from overfeat_tf.pyramid import check_scales
+from overfeat_tf.models.detection import kept_boxes, level_boxes
+from overfeat_tf.models.inference import LevelOutput, run_levels
+from overfeat_tf.ops import boxes as box_ops
+from overfeat_tf.ops.pyramid import check_scales
 
 TOP_CLASSES = 5
 # The detector's own options (its constructor's arguments after the decoder), in order.

@@ -5,7 +5,7 @@
          imagenet2012's manual tars checked first, with a `ValueError` saying where they go)
       -> `raw_split`: examples with the image left ENCODED (`image` string, `label` and/or
          `objects` {bbox yxyx normalized, label}), this input pipeline's shard
-      -> `overfeat_tf.data` decodes, crops and batches them.
+      -> `overfeat_tf.data.inputs` decodes, crops and batches them.
 
 ImageNet: TFDS' `imagenet2012` needs the ILSVRC2012 tars downloaded by hand; without them
 `load_builder` raises a `ValueError` that says where they go (checked before calling TFDS).
@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 IMAGENET = "imagenet2012"
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
-GENERATED_DATASET = "overfeat_shapes"  # overfeat_tf.datasets: made by code, no download
+GENERATED_DATASET = "overfeat_shapes"  # overfeat_tf.data.shapes: made by code, no download
 
 
 def example_objects(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | None:
@@ -37,11 +37,11 @@ def example_objects(example: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | No
 
 
 def _register_generated_datasets() -> None:
-    """Import `overfeat_tf.datasets` so `overfeat_shapes` is known to TFDS by name."""
+    """Import `overfeat_tf.data.shapes` so `overfeat_shapes` is known to TFDS by name."""
     try:
-        import overfeat_tf.datasets  # noqa: F401
+        import overfeat_tf.data.shapes  # noqa: F401
     except ModuleNotFoundError as error:
-        if error.name != "overfeat_tf.datasets":
+        if error.name != "overfeat_tf.data.shapes":
             raise
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, merge_boxes
+from overfeat_tf.ops.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, MergeResult, merge_boxes
 
 COMBINE = ("merge", "nms")
 

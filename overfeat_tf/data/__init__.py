@@ -1,0 +1,3 @@
+"""Data: image decoding and resizing (`image_io`), TFDS access (`tfds_io`), training inputs
+(`inputs`: crops; `spatial`: the detection and localization targets) and the generated
+`overfeat_shapes` dataset (`shapes`; importing it registers the builder with TFDS)."""

@@ -1,0 +1,1 @@
+"""Export for TF Serving (`serving`): the SavedModel with every signature, written atomically."""

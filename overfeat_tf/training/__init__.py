@@ -1,0 +1,2 @@
+"""Training: a run's settings (`config`), its recipe, the spatial tasks (`tasks`), losses,
+callbacks, distribution, the compute precision by hardware, and the run (`run.train`)."""

@@ -17,8 +17,7 @@ from overfeat_tf.models.detector import OverFeatDetector, detect, localize
 from overfeat_tf.models.inference import classify
 from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
 from overfeat_tf.training.losses import MinedDetectionLoss, WindowBoxLoss
-
-__version__ = "0.1.0"
+from overfeat_tf.utils.version import __version__ as __version__
 
 __all__ = [
     "ACCURATE",

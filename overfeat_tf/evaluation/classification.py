@@ -36,7 +36,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import cli
 from overfeat_tf.data import inputs as data
 from overfeat_tf.models.backbone import backbone_of
 from overfeat_tf.models.inference import (
@@ -47,6 +46,7 @@ from overfeat_tf.models.inference import (
     spatial_model,
 )
 from overfeat_tf.ops.pyramid import Scale, check_scales, default_scales
+from overfeat_tf.utils.progress import progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +191,7 @@ def evaluate(
     images = data.decoded_split(dataset, split, data_dir, counter)
     if max_examples is not None:
         images = images.take(max_examples)
-    bar = cli.progress_bar(images, max_examples, "images") if progress else None
+    bar = progress_bar(images, max_examples, "images") if progress else None
     start = time.monotonic()
     num_rows = len(evaluator.rows)
     top1 = np.zeros(num_rows, np.int64)

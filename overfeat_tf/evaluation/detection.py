@@ -46,7 +46,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf import cli
 from overfeat_tf.data import inputs as data
 from overfeat_tf.data import tfds_io
 from overfeat_tf.data.spatial import decode_detection_example
@@ -59,6 +58,7 @@ from overfeat_tf.models.detector import (
     first_box_per_class,
 )
 from overfeat_tf.ops.pyramid import default_scales
+from overfeat_tf.utils.progress import progress_bar
 
 GUESSES = 5  # ILSVRC localization: 5 (class, box) guesses per image
 _FIELDS = ("boxes", "scores", "classes", "num")
@@ -238,7 +238,7 @@ def evaluate_detection(
     images = detection_split(dataset, split, data_dir, counter)
     if max_examples is not None:
         images = images.take(max_examples)
-    bar = cli.progress_bar(images, max_examples, "images") if progress else None
+    bar = progress_bar(images, max_examples, "images") if progress else None
     start = time.monotonic()
     first_image_seconds = 0.0
     for image, gt_boxes, gt_labels, label in images.prefetch(data.AUTOTUNE):

@@ -76,7 +76,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-import overfeat_tf
 from overfeat_tf.data import image_io
 from overfeat_tf.models.backbone import backbone_of
 from overfeat_tf.models.config import ModelConfig
@@ -94,6 +93,7 @@ from overfeat_tf.models.inference import classify_tensor
 from overfeat_tf.ops import pyramid
 from overfeat_tf.release.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
 from overfeat_tf.utils.atomic import atomic_path
+from overfeat_tf.utils.version import __version__
 
 SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
 METADATA_DIR = "assets.extra"
@@ -189,7 +189,7 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
     detection["scales"] = [list(s) if isinstance(s, tuple) else s for s in scales]
     return {
         "format": FORMAT,
-        "overfeat_tf_version": overfeat_tf.__version__,
+        "overfeat_tf_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "model": {

@@ -368,8 +368,6 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         FileNotFoundError: no such file.
         ValueError: not a Keras model file, or a Keras model that is not overfeat_tf's.
     """
-    import overfeat_tf  # noqa: F401  (registers every class of the package)
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} not found.")

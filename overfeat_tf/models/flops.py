@@ -31,7 +31,7 @@ kernels when a model is given (so a background class, a regressor head or anothe
 `num_classes` are counted), else from the config (classifier only).
 
 Example:
-    >>> from overfeat_tf import flops
+    >>> from overfeat_tf.models import flops
     >>> flops.model_flops("fast", (231, 231))
     5602807808
     >>> flops.pyramid_flops(net, (480, 640), scales=(245, 281), flips=True)  # doctest: +SKIP

@@ -17,7 +17,8 @@ INITS = {"paper": PAPER_INITIALIZER, "he_normal": "he_normal"}
 
 # Per-task defaults of the settings left None. classify: the paper's recipe (§3.1). The
 # spatial tasks clip the global gradient norm; localize's L2-like regression on frozen,
-# unnormalized features diverges at the classification rate (measured: spatial_training, README).
+# unnormalized features diverges at the classification rate (README, "Box targets and stable
+# spatial training").
 TASK_DEFAULTS: dict[str, dict[str, float]] = {
     "classify": {"learning_rate": 5e-2, "clipnorm": 0.0},
     "detect": {"learning_rate": 5e-2, "clipnorm": 10.0},

@@ -13,7 +13,13 @@ import tensorflow as tf
 from overfeat_tf.models.decoders import BoxMergeDecoder, GreedyMergeDecoder
 from overfeat_tf.ops import merge as M
 from overfeat_tf.ops.merge import MERGE_THRESHOLD, match_score, merge_boxes, mutual_merge
-from tests.merge_reference import match_score_numpy, mutual_merge_numpy, sequential_merge_numpy
+from tests.merge_reference import (
+    _pair_scores,
+    _sequential_merge_numpy_slow,
+    match_score_numpy,
+    mutual_merge_numpy,
+    sequential_merge_numpy,
+)
 
 MAX_OUT = 400
 
@@ -385,6 +391,82 @@ def test_close_to_the_sequential_rule_on_detector_sets():
             assert twin.any()
             ratio = rounds.scores.numpy()[twin].max() / seq_scores[k]
             assert 0.8 < ratio < 1.25, ratio
+
+
+# --- the fast sequential reference == the direct one (every pair rescored every step) ------
+def assert_identical(got, want):
+    for x, y in zip(got, want, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def test_fast_pair_scores_equal_match_score_bitwise():
+    rng = np.random.default_rng(3)
+    for quantized in (False, True):
+        a = rng.uniform(-50, 150, (2000, 4))
+        a = np.round(a / 10) * 10 if quantized else a
+        a[::7, 2] = a[::7, 0]  # zero height
+        a[::11] = -0.0  # a point at the origin, negative zeros
+        a[::13, 3] = a[::13, 1] - 5  # negative width
+        a[::17, 1] = np.nan
+        b = a[rng.permutation(len(a))]
+        for x, y in ((a, b), (a[:40, None], b[None, :50])):
+            with np.errstate(invalid="ignore"):
+                want = match_score_numpy(x, y)
+                got = _pair_scores(x, y)
+            np.testing.assert_array_equal(got, np.where(np.isnan(want), -np.inf, want))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_sequential_equals_the_direct_rule_on_random_sets(seed):
+    rng = np.random.default_rng(seed)
+    for threshold in (0.0, 0.3, MERGE_THRESHOLD, 1.0, 2.5):
+        boxes, scores, classes = random_set(rng, int(rng.integers(0, 90)), 1 + seed % 4)
+        if seed % 2:  # a 5 px grid: many equal scores and identical boxes
+            boxes = np.round(boxes / 5) * 5
+        want = _sequential_merge_numpy_slow(boxes, scores, classes, threshold)
+        assert_identical(sequential_merge_numpy(boxes, scores, classes, threshold), want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_sequential_equals_the_direct_rule_on_detector_sets(seed):
+    boxes, scores, classes = detector_set(30 + seed, 250, num_classes=1 + seed % 3)
+    for threshold in (0.5, MERGE_THRESHOLD, 1.0):
+        want = _sequential_merge_numpy_slow(boxes, scores, classes, threshold)
+        assert_identical(sequential_merge_numpy(boxes, scores, classes, threshold), want)
+    assert len(want[1]) < 150  # clusters did merge
+
+
+def test_fast_sequential_equals_the_direct_rule_on_ties_and_copies():
+    # Equidistant rows of boxes (equal scores everywhere), exact copies, sparse classes,
+    # equal input scores (equal sums: the output order falls back to the keys).
+    row = np.array([[0.0, 2 * k, 10, 10 + 2 * k] for k in range(12)])
+    cases = [
+        (row, np.full(12, 0.5), np.zeros(12, np.int32)),
+        (row[::-1], np.full(12, 0.5), np.zeros(12, np.int32)),
+        (np.tile(row[:3], (5, 1)), np.full(15, 0.25), np.arange(15) % 2 * 7 - 3),
+        (np.tile([[0.0, -0.0, 10, 10]], (6, 1)), np.ones(6), np.zeros(6, np.int64)),
+        (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int32)),
+        (row[:1], np.ones(1), np.array([4])),
+    ]
+    grid = np.array([[y, x] for y in range(0, 40, 4) for x in range(0, 40, 4)], float)
+    cases.append((np.concatenate([grid, grid + 8], 1), np.ones(100), np.arange(100) % 3))
+    for boxes, scores, classes in cases:
+        for threshold in (0.3, MERGE_THRESHOLD, 1.2):
+            want = _sequential_merge_numpy_slow(boxes, scores, classes, threshold)
+            assert_identical(sequential_merge_numpy(boxes, scores, classes, threshold), want)
+
+
+def test_fast_sequential_handles_4000_clustered_boxes():
+    boxes, scores, classes = detector_set(0, 4000, num_classes=3, num_objects=10)
+    b, s, c, k = sequential_merge_numpy(boxes, scores, classes)
+    assert k.sum() == 4000 and len(s) < 1000
+    np.testing.assert_allclose(s.sum(), scores.sum(), rtol=1e-12)
+    for cls in np.unique(c):  # at the end no pair of a class scores <= t
+        means = b[c == cls]
+        pair = match_score_numpy(means[:, None], means[None])
+        np.fill_diagonal(pair, np.inf)
+        assert pair.min() > MERGE_THRESHOLD
 
 
 # --- the decoder -------------------------------------------------------------------------------

@@ -1,24 +1,21 @@
 """Training runs (paper §3.1, and the detect / localize stages of §4-5) with Keras `fit`:
-`TrainConfig` (a run's settings) and `train` (prepare, build, fit, save).
+`train` prepares, builds, fits and saves the run a `training.config.TrainConfig` describes.
 
 What a run trains and how (model, init, SGD, schedule, Torch-style weight decay) is
-`overfeat_tf.training.recipe`; how it is distributed (strategies, the chief) is
-`overfeat_tf.training.distribute`. Inputs: random 231x231 (fast, tiny) / 221x221 (accurate) crops of
-images rescaled to a 256 px short side, random flips (`overfeat_tf.data.inputs`), or the spatial
-tasks' images and targets (`overfeat_tf.data.spatial`).
+`training.recipe`; the detect / localize models and losses are `training.tasks`; how a run
+is distributed (strategies, the chief) is `training.distribute`. Inputs: random 231x231
+(fast, tiny) / 221x221 (accurate) crops of images rescaled to a 256 px short side, random
+flips (`data.inputs`), or the spatial tasks' images and targets (`data.spatial`).
 
 Fault tolerance: `keras.callbacks.BackupAndRestore` saves weights, optimizer state (step,
 momenta) and the epoch at the end of every epoch in `<output>/backup`; rerunning the same
 command after a crash restores them, so only the current epoch is lost. The data order
 of a resumed run is reseeded from the epoch, so it does not replay epoch 0's order.
 `ModelCheckpoint` keeps every epoch's weights in `<output>/checkpoints/`, TensorBoard logs
-go to `<output>/logs` (these callbacks: `overfeat_tf.training.callbacks`), and the final spatial
+go to `<output>/logs` (these callbacks: `training.callbacks`), and the final spatial
 `OverFeat` model (an `OverFeatDetector` for detect / localize) to `<output>/model.keras`
 (written to a temporary file, then renamed). Under `multi_worker` only the chief writes
 `<output>`; other workers write under `<output>/workers/<index>/`.
-
-`INITS`, `STRATEGIES` and `initial_model` stay importable from here (`train.py`, the
-benchmarks).
 """
 
 from __future__ import annotations

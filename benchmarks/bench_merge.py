@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tensorflow as tf
 
-from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, ModelConfig
+from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, ModelConfig
 from overfeat_tf.ops import boxes as box_ops
 from overfeat_tf.ops.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, merge_boxes
 

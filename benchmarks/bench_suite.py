@@ -48,11 +48,11 @@ import tensorflow as tf
 
 from benchmarks.bench_serving import test_jpeg
 from benchmarks.common import machine, matmul_peak, write_section
+from overfeat_tf.architecture.config import TINY, ConvSpec
 from overfeat_tf.data import inputs as data
 from overfeat_tf.data import tfds_io
 from overfeat_tf.models import flops
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import TINY, ConvSpec
 from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.ops.pyramid import default_scales
 from overfeat_tf.training import precision, recipe

@@ -10,8 +10,15 @@ from overfeat_tf.quiet import quiet_command_start
 # TensorFlow's C++ start-up lines stay hidden there. Any other process is left as it is.
 quiet_command_start()
 
+from overfeat_tf.architecture.config import (
+    ACCURATE,
+    FAST,
+    TINY,
+    ConvSpec,
+    ModelConfig,
+    model_config,
+)
 from overfeat_tf.models.backbone import OverFeat, load_model
-from overfeat_tf.models.config import ACCURATE, FAST, TINY, ConvSpec, ModelConfig, model_config
 from overfeat_tf.models.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMSDecoder
 from overfeat_tf.models.detector import OverFeatDetector, detect, localize
 from overfeat_tf.models.inference import classify

@@ -45,7 +45,7 @@ def _layer(text: str) -> str | int:
 
 def detection_flags() -> dict[str, Flag]:
     """The flags of `OverFeatDetector.options`, every detection command's."""
-    from overfeat_tf.models.config import STRIDES
+    from overfeat_tf.architecture.config import STRIDES
     from overfeat_tf.models.decoders import COMBINE
     from overfeat_tf.ops.pyramid import parse_scales
 

@@ -17,9 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf.data.image_io import load_image, resize_short_side, short_message
+from overfeat_tf.architecture.config import STRIDES
+from overfeat_tf.data.image_io import load_image, short_message
 from overfeat_tf.models.backbone import backbone_of, load_model
-from overfeat_tf.models.config import STRIDES
+from overfeat_tf.ops.resizing import resize_short_side
 from overfeat_tf.release.features import (
     FEATURE_LAYER,
     IMAGE_EXTENSIONS,

@@ -19,10 +19,11 @@ import pytest
 import tensorflow as tf
 
 from overfeat_tf import predict
-from overfeat_tf.data.image_io import DEFAULT_MAX_ASPECT_RATIO, decode_image
+from overfeat_tf.data.image_io import decode_image
 from overfeat_tf.export import serving
 from overfeat_tf.models.detector import OverFeatDetector, detect
 from overfeat_tf.ops import pyramid
+from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO
 
 SCALES = (247, 327, 439, 583, 775, 1031)  # the main job's pyramid (main_job.SHAPES_SCALES)
 MAX_IMAGES = 4

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, FAST
+from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, FAST
 from overfeat_tf.ops import boxes as B
 
 

@@ -16,8 +16,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from overfeat_tf import convert as convert_command
+from overfeat_tf.architecture.config import TINY
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import TINY
 from overfeat_tf.release import convert as cv
 
 # (layer, out, in, kernel, stride, padding, pool) in file order: paper Table 1 (fast) and

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from overfeat_tf.architecture.config import TINY
 from overfeat_tf.models import detection
-from overfeat_tf.models.config import TINY
 from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.models.inference import LevelOutput
 from overfeat_tf.ops.pyramid import build_pyramid

@@ -18,11 +18,12 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from overfeat_tf.data.image_io import decode_image, resize_short_side
+from overfeat_tf.data.image_io import decode_image
 from overfeat_tf.export import serving
 from overfeat_tf.models.backbone import OverFeat
 from overfeat_tf.models.detector import OverFeatDetector, detect
 from overfeat_tf.ops import pyramid
+from overfeat_tf.ops.resizing import resize_short_side
 from overfeat_tf.release.features import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 
 from overfeat_tf import features as features_command
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import ACCURATE, FAST, PIXEL_MEAN, PIXEL_STD, TINY
 from overfeat_tf.data import image_io
-from overfeat_tf.models import topology
 from overfeat_tf.models.backbone import OverFeat, keras_layer_name
-from overfeat_tf.models.config import ACCURATE, FAST, PIXEL_MEAN, PIXEL_STD, TINY
+from overfeat_tf.ops import resizing
 from overfeat_tf.release import features as ft
 from tests import reference as ref
 
@@ -343,9 +344,9 @@ def test_too_small_images_and_bad_inputs(model, rng):
 
 def test_resize_short_side():
     image = tf.zeros((300, 450, 3), tf.uint8)
-    assert image_io.resize_short_side(image, 231).shape == (231, 346, 3)
-    assert image_io.resize_short_side(tf.zeros((500, 200, 3)), 100).shape == (250, 100, 3)
-    same = image_io.resize_short_side(image, 0)
+    assert resizing.resize_short_side(image, 231).shape == (231, 346, 3)
+    assert resizing.resize_short_side(tf.zeros((500, 200, 3)), 100).shape == (250, 100, 3)
+    same = resizing.resize_short_side(image, 0)
     assert same.shape == (300, 450, 3) and same.dtype == tf.float32
 
 
@@ -386,7 +387,7 @@ def test_cli_writes_one_npy_per_image(model, model_file, image_dir, tmp_path, ca
     assert "Wrote 3 of 3 feature files" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["gray.png.npy", "tall.JPG.npy", "wide.png.npy"]
     for name, (h, w) in {"wide.png": (231, 308), "tall.JPG": (355, 231)}.items():
-        image = image_io.resize_short_side(image_io.load_image(image_dir / name), 231)
+        image = resizing.resize_short_side(image_io.load_image(image_dir / name), 231)
         assert image.shape[:2] == (h, w)
         got = np.load(out / f"{name}.npy")
         assert got.dtype == np.float32

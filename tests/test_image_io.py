@@ -22,17 +22,15 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image
 
-from overfeat_tf.data import image_io
 from overfeat_tf.data.image_io import (
     ImageNotFoundError,
     decode_image,
     header_size,
     load_image,
-    resize,
-    resize_short_side,
-    short_side_size,
     to_rgb,
 )
+from overfeat_tf.ops import resizing
+from overfeat_tf.ops.resizing import resize, resize_short_side, short_side_size
 
 SAMPLES = Path(skimage.data.data_dir)
 RNG = np.random.default_rng(0)
@@ -416,7 +414,7 @@ def test_every_caller_shares_the_resize():
     from overfeat_tf.data import inputs as data
 
     image = np.asarray(_photo("coffee.png"))
-    assert features.resize_short_side is image_io.resize_short_side
+    assert features.resize_short_side is resizing.resize_short_side
     np.testing.assert_array_equal(
         data.rescale_short_side(image, 256).numpy(), resize_short_side(image, 256).numpy()
     )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import overfeat_tf
+from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, TINY, ConvSpec, ModelConfig
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, TINY, ConvSpec, ModelConfig
 from tests import reference as ref
 
 # Narrow nets of both topologies, with and without the 3x3 layers' zero padding.

@@ -12,9 +12,9 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from overfeat_tf.data.image_io import resize
 from overfeat_tf.export import serving
 from overfeat_tf.models.detector import OverFeatDetector, detect
+from overfeat_tf.ops.resizing import resize
 from overfeat_tf.training.tasks import init_window_regressor
 
 PHOTOS = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee()}  # 300x451, 400x600

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf.data import image_io
+from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, FAST, TINY
 from overfeat_tf.models import inference
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import ACCURATE, ACCURATE_SCALES, FAST, TINY
-from overfeat_tf.ops import boxes, pyramid
+from overfeat_tf.ops import boxes, pyramid, resizing
 
 # Paper Table 5 (and SPEC §1): the accurate net's fine output map at each of the six sizes.
 TABLE5_FINE_MAPS = ((3, 3), (6, 9), (9, 15), (15, 21), (18, 24), (21, 30))
@@ -189,8 +188,8 @@ def test_levels_are_the_shared_short_side_size_and_resize(shape):
     scales = (231, 263, (300, 250))
     for level, scale in zip(pyramid.build_pyramid(image, TINY, scales, False), scales, strict=True):
         if isinstance(scale, int):
-            target = image_io.short_side_size(shape[:2], scale).numpy()
+            target = resizing.short_side_size(shape[:2], scale).numpy()
             snapped = [pyramid.snap_side(int(s), 231, 16) for s in target]
             np.testing.assert_array_equal(level.size.numpy(), snapped)
-        want = image_io.resize(image[None], level.size)
+        want = resizing.resize(image[None], level.size)
         np.testing.assert_array_equal(level.image.numpy(), want.numpy())

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from overfeat_tf.data import image_io, spatial
+from overfeat_tf.architecture.config import TINY
+from overfeat_tf.data import spatial
 from overfeat_tf.models.backbone import OverFeat, backbone_of
-from overfeat_tf.models.config import TINY
+from overfeat_tf.ops import resizing
 from overfeat_tf.training import losses, tasks
 
 SIZE = spatial.default_train_size(TINY)  # 295 -> a 5x5 fine map
@@ -115,9 +116,9 @@ def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow(
 
 
 def test_random_spatial_crop_is_a_window_of_the_shared_resize():
-    """The crop (maybe flipped) is cut from `image_io.resize_short_side` of the image."""
+    """The crop (maybe flipped) is cut from `resizing.resize_short_side` of the image."""
     image = np.random.default_rng(3).uniform(0, 255, (90, 120, 3)).astype("float32")
-    resized = image_io.resize_short_side(image, 80).numpy()  # 80 x 107
+    resized = resizing.resize_short_side(image, 80).numpy()  # 80 x 107
     for s in range(3):
         crop, _ = spatial.random_spatial_crop(image, np.zeros((0, 4), "float32"), 64, (80,), [s, 2])
         crop = crop.numpy()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from overfeat_tf.models import topology
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import ACCURATE, FAST, TINY
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import ACCURATE, FAST, TINY
 
 # SPEC §6 / README "Layer numbers", written out by hand: index n is `overfeat -L n`.
 FAST_TABLE = [

@@ -1,9 +1,8 @@
-"""Image input, the package's one implementation: decode, convert to RGB, resize.
+"""Image input, the package's one implementation: decode and convert to RGB.
 
     encoded bytes (JPEG, PNG, GIF, BMP) --decode_image--> uint8 RGB [H, W, 3]   (TF ops)
     decoded [H, W, C], any real dtype   --to_rgb-------> float32 RGB 0..255     (TF ops)
     path / bytes / PIL image / array    --load_image---> uint8 RGB [H, W, 3]    (eager)
-    [H, W, 3] or [B, H, W, 3]           --resize, resize_short_side--> float32 0..255
 
 `decode_image` reads the size from the file header *before* decoding, so an image over the
 pixel bound fails with a clear `InvalidArgumentError` instead of allocating it, and every
@@ -21,12 +20,7 @@ EXIF orientation is not applied (neither does `tf.io.decode_jpeg` nor `PIL.Image
 BMP: uncompressed 8-bit (palette), 24-bit and 32-bit; RLE-compressed and 1/4/16-bit BMPs
 are refused with a clear error (TF's decoder would return wrong pixels).
 
-Resizing: `short_side_size` (the target size keeping the aspect ratio up to a bound,
-`max_aspect_ratio`, default 4: a more elongated image is squeezed to it, so a resized image
-has at most side x 4 side pixels whatever its input) and `resize`
-(bilinear, antialiased when shrinking, clipped to 0..255) are the only resize arithmetic
-and op of the package; `data`, `pyramid`, `spatial_training`, `features` and `serving`
-call them.
+Resizing is `ops.resizing`'s.
 """
 
 from __future__ import annotations
@@ -41,9 +35,6 @@ import tensorflow as tf
 
 # A default bound on decoded pixels (about 64 MP: 192 MiB as RGB uint8).
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-# A default bound on the long side of every resized image, in units of its short side: an
-# image more elongated than this is squeezed to it (see `short_side_size`).
-DEFAULT_MAX_ASPECT_RATIO = 4.0
 
 _MAGIC = {  # first bytes -> format
     "jpeg": b"\xff\xd8\xff",
@@ -403,83 +394,3 @@ def load_image(image_or_path: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.T
     else:
         array, name = np.asarray(image_or_path), "The image array"
     return tf.convert_to_tensor(_array_rgb(array, name))
-
-
-# --- resize ---------------------------------------------------------------------------------
-
-
-def _check_side(side: Any, minimum: int) -> None:
-    if isinstance(side, bool) or (isinstance(side, int) and side < minimum):
-        raise ValueError(
-            f"The short side must be an int >= {minimum} (pixels), got {side!r}"
-            + ("; 0 keeps the original size." if minimum == 0 else ".")
-        )
-
-
-def short_side_size(
-    hw: Any, side: int | tf.Tensor, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
-) -> tf.Tensor:
-    """The size (h, w) int32 `[2]` that gives an image of size `hw` (H, W) a short side of
-    `side` px, keeping its aspect ratio: `round((H, W) * side / min(H, W))`, each >= side,
-    and the long side at most `floor(side * max_aspect_ratio)`.
-
-    The bound makes the cost of a resized image a function of `side` alone (at most
-    `side * floor(side * max_aspect_ratio)` pixels), whatever the input's shape: an image
-    more elongated than `max_aspect_ratio` : 1 (a 5000 x 2 px strip, say) is squeezed along
-    its long side to that ratio instead of becoming millions of pixels long.
-    `side` may be a Python int or an int tensor (e.g. drawn at random in `tf.data`).
-    """
-    _check_side(side, 1)
-    check_aspect_ratio(max_aspect_ratio)
-    hw = tf.cast(hw, tf.float32)
-    scale = tf.cast(side, tf.float32) / tf.reduce_min(hw)
-    size = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), tf.cast(side, tf.int32))
-    longest = tf.cast(tf.math.floor(tf.cast(side, tf.float32) * max_aspect_ratio), tf.int32)
-    return tf.minimum(size, longest)
-
-
-def check_aspect_ratio(max_aspect_ratio: Any) -> float:
-    """`max_aspect_ratio` as a float >= 1, or ValueError."""
-    if (
-        isinstance(max_aspect_ratio, bool)
-        or not isinstance(max_aspect_ratio, int | float)
-        or not max_aspect_ratio >= 1
-    ):
-        raise ValueError(
-            f"max_aspect_ratio must be a number >= 1 (long side / short side), got "
-            f"{max_aspect_ratio!r}."
-        )
-    return float(max_aspect_ratio)
-
-
-def resize(image: tf.Tensor, size: Any) -> tf.Tensor:
-    """Resize `[H, W, C]` or `[B, H, W, C]` (any real dtype, 0..255) to `size` (h, w) px.
-
-    Bilinear (`tf.image.resize`), antialiased when either side shrinks (antialiasing is a
-    no-op, but slower, when both grow); clipped to 0..255. Returns float32. Graph-safe:
-    the sizes may be unknown until run time.
-    """
-    image = tf.cast(image, tf.float32)
-    size = tf.cast(size, tf.int32)
-    shrinks = tf.reduce_any(size < tf.shape(image)[-3:-1])
-    resized = tf.cond(
-        shrinks,
-        lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
-        lambda: tf.image.resize(image, size, method="bilinear"),
-    )
-    return tf.clip_by_value(resized, 0.0, 255.0)
-
-
-def resize_short_side(
-    image: tf.Tensor,
-    side: int | tf.Tensor,
-    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-) -> tf.Tensor:
-    """Resize `[H, W, C]` or `[B, H, W, C]` so its short side is `side` px, keeping the
-    aspect ratio up to `max_aspect_ratio` (`short_side_size`, then `resize`). float32
-    0..255; `side=0` only casts."""
-    _check_side(side, 0)
-    image = tf.convert_to_tensor(image)
-    if isinstance(side, int) and side == 0:
-        return tf.cast(image, tf.float32)
-    return resize(image, short_side_size(tf.shape(image)[-3:-1], side, max_aspect_ratio))

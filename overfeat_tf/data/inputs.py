@@ -42,6 +42,7 @@ from overfeat_tf.data import image_io
 # `as` names: re-exported for callers that import them from here (training.py); their home
 # is `overfeat_tf.data.tfds_io`.
 from overfeat_tf.data.tfds_io import example_objects, raw_split
+from overfeat_tf.ops import resizing
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHORT_SIDE = 256  # paper §3.1: images rescaled so their smallest dimension is 256 px
@@ -60,11 +61,11 @@ def _check_side(name: str, value: int) -> None:
 def rescale_short_side(image: tf.Tensor, short_side: int = SHORT_SIDE) -> tf.Tensor:
     """Resize `[H, W, 3]` (any real dtype) keeping its aspect so min(H, W) == short_side.
 
-    `image_io.resize_short_side` (bilinear, antialiased when shrinking; the long side
+    `resizing.resize_short_side` (bilinear, antialiased when shrinking; the long side
     rounded to the nearest pixel). Output float32 `[H', W', 3]`, values 0..255.
     """
     _check_side("short_side", short_side)
-    return image_io.resize_short_side(image, short_side)
+    return resizing.resize_short_side(image, short_side)
 
 
 def random_crop(image: tf.Tensor, size: int, seed: Seed = None) -> tf.Tensor:

@@ -44,10 +44,11 @@ from typing import Any
 
 import tensorflow as tf
 
+from overfeat_tf.architecture.config import PIXEL_MEAN, ModelConfig
 from overfeat_tf.data import image_io, tfds_io
 from overfeat_tf.data import inputs as data
-from overfeat_tf.models.config import PIXEL_MEAN, ModelConfig
 from overfeat_tf.ops import boxes as box_ops
+from overfeat_tf.ops import resizing
 
 TARGET_RANGE = (-1.0, 2.0)  # every box-target edge lies in this range (module docstring)
 COVERAGE = 0.5  # paper §4.2: train on windows holding >= 50% of the box
@@ -146,8 +147,8 @@ def random_spatial_crop(
     short_sides: Sequence[int],
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Rescale (short side drawn from `short_sides`; `image_io.short_side_size` and
-    `image_io.resize`), pad to `size` where smaller, random `size` crop, random flip.
+    """Rescale (short side drawn from `short_sides`; `resizing.short_side_size` and
+    `resizing.resize`), pad to `size` where smaller, random `size` crop, random flip.
 
     A side smaller than `size` is padded with `PIXEL_MEAN` (0 after the net's
     normalization) at a random offset.
@@ -166,8 +167,8 @@ def random_spatial_crop(
     seeds = tf.random.experimental.stateless_split(seed, num=4)
     sides = tf.constant(list(short_sides), tf.int32)
     side = sides[tf.random.stateless_uniform([], seeds[0], 0, len(short_sides), tf.int32)]
-    new_hw = image_io.short_side_size(tf.shape(image)[:2], side)  # each side >= side
-    image = image_io.resize(image, new_hw)
+    new_hw = resizing.short_side_size(tf.shape(image)[:2], side)  # each side >= side
+    image = resizing.resize(image, new_hw)
     boxes = box_ops.denormalize_boxes(boxes, new_hw)
     pad = tf.maximum(size - new_hw, 0)  # [2]
     pad_seeds = tf.random.experimental.stateless_split(seeds[3], num=2)

@@ -76,9 +76,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from overfeat_tf.architecture.config import ModelConfig
 from overfeat_tf.data import image_io
 from overfeat_tf.models.backbone import backbone_of
-from overfeat_tf.models.config import ModelConfig
 from overfeat_tf.models.decoders import BoxMergeDecoder
 from overfeat_tf.models.detector import (
     BOX_OPTIONS,
@@ -90,7 +90,7 @@ from overfeat_tf.models.detector import (
     top_classes,
 )
 from overfeat_tf.models.inference import classify_tensor
-from overfeat_tf.ops import pyramid
+from overfeat_tf.ops import pyramid, resizing
 from overfeat_tf.release.features import FEATURE_LAYER, feature_model, min_input_size, resolve_layer
 from overfeat_tf.utils.atomic import atomic_path
 from overfeat_tf.utils.version import __version__
@@ -312,7 +312,7 @@ def _feature_extractor(
     naming the layer when it is under `need` px)."""
 
     def extract(contents: tf.Tensor) -> tf.Tensor:
-        image = image_io.resize_short_side(_decoded(contents, max_pixels), side, ratio)
+        image = resizing.resize_short_side(_decoded(contents, max_pixels), side, ratio)
         short = tf.reduce_min(tf.shape(image)[:2])
         message = (
             f"Image too small for feature layer {layer}: its short side must be at least "

@@ -28,10 +28,16 @@ from typing import Any
 
 import keras
 
-from overfeat_tf.models import topology
-from overfeat_tf.models.config import PIXEL_MEAN, PIXEL_STD, ModelConfig, check_stride, model_config
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    ModelConfig,
+    check_stride,
+    model_config,
+)
+from overfeat_tf.architecture.topology import WEIGHTED, Module
 from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
-from overfeat_tf.models.topology import WEIGHTED, Module
 
 REGRESSORS = (None, "class_agnostic", "class_specific")
 REGRESSOR_LAYERS = ("reg_fc1", "reg_fc2", "reg_out")  # the box regressor head, in order

@@ -35,9 +35,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.data.image_io import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio, load_image
+from overfeat_tf.architecture.config import check_stride
+from overfeat_tf.data.image_io import load_image
 from overfeat_tf.models.backbone import OverFeat, backbone_of
-from overfeat_tf.models.config import check_stride
 from overfeat_tf.models.decoders import (
     DECODER_OPTIONS,
     BoxMergeDecoder,
@@ -49,6 +49,7 @@ from overfeat_tf.models.detection import kept_boxes, level_boxes
 from overfeat_tf.models.inference import LevelOutput, run_levels
 from overfeat_tf.ops import boxes as box_ops
 from overfeat_tf.ops.pyramid import check_scales
+from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 
 TOP_CLASSES = 5
 # The detector's own options (its constructor's arguments after the decoder), in order.

@@ -45,9 +45,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from overfeat_tf.models import topology
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import ModelConfig, check_stride, model_config
 from overfeat_tf.models.backbone import REGRESSOR_LAYERS
-from overfeat_tf.models.config import ModelConfig, check_stride, model_config
 from overfeat_tf.ops.pyramid import Scale, check_scales, default_scales, level_size
 
 

@@ -27,10 +27,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.data.image_io import DEFAULT_MAX_ASPECT_RATIO, load_image
+from overfeat_tf.architecture.config import check_stride
+from overfeat_tf.data.image_io import load_image
 from overfeat_tf.models.backbone import backbone_of
-from overfeat_tf.models.config import check_stride
 from overfeat_tf.ops.pyramid import Level, Scale, build_pyramid
+from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO
 
 _SPATIAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.models.config import check_stride
+from overfeat_tf.architecture.config import check_stride
 
 
 def _check_pool_size(pool_size: int) -> None:

@@ -1,2 +1,2 @@
-"""Tensor operations on boxes and images with no model: box geometry (`boxes`), the image
-pyramid (`pyramid`) and the box merge (`merge`)."""
+"""Tensor operations with no model: box geometry (`boxes`), the bounded resize (`resizing`),
+the image pyramid (`pyramid`) and the box merge (`merge`)."""

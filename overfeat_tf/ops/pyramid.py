@@ -26,7 +26,7 @@ Bounded cost. With an int scale S a level's long side is at most `S * max_aspect
 long side instead of giving a level millions of pixels long, so what a level costs is a
 function of the scales and that bound alone (`max_level_size`), never of the image.
 
-Levels are resized with `image_io.resize` (bilinear, antialiased when shrinking, 0..255).
+Levels are resized with `resizing.resize` (bilinear, antialiased when shrinking, 0..255).
 Each level records what maps boxes back to the original image: its size, the original
 size, the resize factors and which batch entries are flipped (see `boxes.level_to_original`).
 """
@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from overfeat_tf.data import image_io
-from overfeat_tf.models.config import ACCURATE_SCALES, ModelConfig, model_config
+from overfeat_tf.architecture.config import ACCURATE_SCALES, ModelConfig, model_config
+from overfeat_tf.ops import resizing
 
 Scale = int | tuple[int, int]
 
@@ -125,12 +125,12 @@ def level_size(
     image_size: tf.Tensor,
     scale: Scale,
     config: str | ModelConfig,
-    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
+    max_aspect_ratio: float = resizing.DEFAULT_MAX_ASPECT_RATIO,
 ) -> tf.Tensor:
     """Size (h, w) int32 `[2]` of the level of an `image_size` (H, W) image at `scale`.
 
     int scale: short side -> scale keeping the aspect ratio up to `max_aspect_ratio`
-    (`image_io.short_side_size`: rounded; the long side at most `scale * max_aspect_ratio`),
+    (`resizing.short_side_size`: rounded; the long side at most `scale * max_aspect_ratio`),
     each side snapped down to `crop + fine_stride * n`. Pair: that size, transposed for a
     portrait image if the pair is landscape (and vice versa), then snapped. Either way the
     level's size depends on the image's only through its orientation and (up to the bound)
@@ -140,7 +140,7 @@ def level_size(
     (scale,) = check_scales([scale])
     size = tf.cast(image_size, tf.int32)
     if isinstance(scale, int):
-        target = image_io.short_side_size(size, scale, max_aspect_ratio)
+        target = resizing.short_side_size(size, scale, max_aspect_ratio)
     else:
         h, w = scale
         pair = tf.constant([h, w], tf.int32)
@@ -153,13 +153,13 @@ def level_size(
 def max_level_size(
     scale: Scale,
     config: str | ModelConfig,
-    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
+    max_aspect_ratio: float = resizing.DEFAULT_MAX_ASPECT_RATIO,
 ) -> tuple[int, int]:
     """The largest (short, long) side, in px, any image's level at `scale` can have: what a
     level costs at most (Python ints; `level_size`'s bound)."""
     config = model_config(config)
     (scale,) = check_scales([scale])
-    max_aspect_ratio = image_io.check_aspect_ratio(max_aspect_ratio)
+    max_aspect_ratio = resizing.check_aspect_ratio(max_aspect_ratio)
     short, long = (scale, int(scale * max_aspect_ratio)) if isinstance(scale, int) else scale
     sides = sorted(snap_side(s, config.crop_size, config.fine_stride) for s in (short, long))
     return sides[0], sides[1]
@@ -202,7 +202,7 @@ def build_pyramid(
     config: str | ModelConfig,
     scales: Sequence[Scale] | None = None,
     flips: bool = True,
-    max_aspect_ratio: float = image_io.DEFAULT_MAX_ASPECT_RATIO,
+    max_aspect_ratio: float = resizing.DEFAULT_MAX_ASPECT_RATIO,
 ) -> list[Level]:
     """The levels of an image pyramid, one per scale (a Python list: the number of scales is
     static, sizes may be dynamic).
@@ -228,7 +228,7 @@ def build_pyramid(
     levels = []
     for scale in scales:
         size = level_size(original, scale, config, max_aspect_ratio)
-        resized = image_io.resize(batch, size)
+        resized = resizing.resize(batch, size)
         flipped = tf.zeros(tf.shape(batch)[:1], tf.bool)
         if flips:
             resized = tf.concat([resized, tf.reverse(resized, axis=[2])], axis=0)

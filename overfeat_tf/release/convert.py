@@ -38,9 +38,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from overfeat_tf.models import topology
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import CONFIGS, ModelConfig, model_config
 from overfeat_tf.models.backbone import PAPER_INITIALIZER, OverFeat
-from overfeat_tf.models.config import CONFIGS, ModelConfig, model_config
 from overfeat_tf.utils.atomic import atomic_path
 
 # The file OverFeat's release ships for each net (`-l` selects net_weight_1).

@@ -60,7 +60,7 @@ default is `FEATURE_LAYER`, the layer `overfeat -f` prints.
 
 Images (JPEG, PNG, GIF, BMP; any size, grey, palette, alpha, CMYK, 16-bit) are read as RGB by
 `image_io.load_image` and resized so that their short side is `--size` pixels, keeping the
-aspect ratio (`image_io.resize_short_side`: bilinear, antialiased when shrinking); the
+aspect ratio (`resizing.resize_short_side`: bilinear, antialiased when shrinking); the
 default is the net's crop size (231 fast, 221 accurate), so the classifier layers see at
 least one window. `--size 0` keeps the original size (OverFeat's `-f`).
 """
@@ -74,9 +74,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from overfeat_tf.models import topology
+from overfeat_tf.architecture import topology
+from overfeat_tf.architecture.config import ModelConfig, check_stride, model_config
 from overfeat_tf.models.backbone import adaptation_names, keras_layer_name
-from overfeat_tf.models.config import ModelConfig, check_stride, model_config
 from overfeat_tf.models.layers import DenseOffsetPooling, OffsetInterleave
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

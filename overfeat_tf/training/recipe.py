@@ -39,8 +39,8 @@ from typing import Any
 
 import keras
 
+from overfeat_tf.architecture.config import model_config
 from overfeat_tf.models.backbone import OverFeat, adaptation_names, backbone_of, load_model
-from overfeat_tf.models.config import model_config
 from overfeat_tf.training import precision, tasks
 from overfeat_tf.training.config import INITS, TrainConfig
 from overfeat_tf.training.distribute import CropTrainer

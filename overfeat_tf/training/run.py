@@ -33,10 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from overfeat_tf.architecture.config import model_config
 from overfeat_tf.data import inputs as data
 from overfeat_tf.data import spatial, tfds_io
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.models.config import model_config
 from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.training import callbacks, precision
 from overfeat_tf.training.config import (

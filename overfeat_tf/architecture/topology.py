@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from overfeat_tf.models.config import ModelConfig, model_config
+from overfeat_tf.architecture.config import ModelConfig, model_config
 
 KINDS = ("normalize", "pad", "conv", "relu", "pool", "fc")
 WEIGHTED = ("conv", "fc")

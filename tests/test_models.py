@@ -12,6 +12,7 @@ import overfeat_tf
 from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, TINY, ConvSpec, ModelConfig
 from overfeat_tf.models.backbone import OverFeat
 from tests import reference as ref
+from tests.harness import check_config_round_trip
 
 # Narrow nets of both topologies, with and without the 3x3 layers' zero padding.
 TINY3 = ModelConfig(  # the accurate topology (k = 3), narrow
@@ -205,8 +206,7 @@ def test_get_config_round_trip():
     for key, value in args.items():
         want = dict(value, num_classes=3) if key == "architecture" else value
         assert config[key] == want, key
-    again = OverFeat.from_config(config)
-    assert again.get_config() == config
+    again = check_config_round_trip(model)
     assert again.count_params() == model.count_params()
 
 

@@ -206,7 +206,7 @@ def _sequential_merge_numpy_slow(
     classes = np.asarray(classes).reshape(-1)
     if not len(boxes) == len(scores) == len(classes):
         raise ValueError("boxes, scores and classes must hold the same number of boxes.")
-    results = []  # (score, key, box, class, count)
+    merged = []
     for c in np.unique(classes):
         # Each cluster is the list of its members' input indices; clusters stay sorted by
         # their key (smallest member), since a merged cluster keeps the smaller key.
@@ -221,17 +221,8 @@ def _sequential_merge_numpy_slow(
                 break
             clusters[p] = clusters[p] + clusters[q]
             del clusters[q]
-        for m in clusters:
-            results.append((scores[m].sum(), min(m), boxes[m].mean(axis=0), c, len(m)))
-    results.sort(key=lambda r: (-r[0], r[1]))
-    if not results:
-        return (np.zeros((0, 4)), np.zeros(0), np.zeros(0, classes.dtype), np.zeros(0, int))
-    return (
-        np.array([r[2] for r in results]),
-        np.array([r[0] for r in results]),
-        np.array([r[3] for r in results]),
-        np.array([r[4] for r in results]),
-    )
+        merged += [np.array(m) for m in clusters]
+    return _merged_output(boxes, scores, classes, merged)
 
 
 def mutual_merge_numpy(

@@ -57,7 +57,6 @@ from overfeat_tf.models.detector import (
     class_names,
     first_box_per_class,
 )
-from overfeat_tf.ops.pyramid import default_scales
 from overfeat_tf.utils.progress import progress_bar
 
 GUESSES = 5  # ILSVRC localization: 5 (class, box) guesses per image
@@ -182,9 +181,7 @@ def _json_float(value: float) -> float | None:
 
 
 def _options_dict(detector: OverFeatDetector) -> dict[str, Any]:
-    values = detector.options
-    scales = detector.scales or default_scales(detector.backbone.config)
-    values["scales"] = [list(s) if isinstance(s, tuple) else s for s in scales]
+    values = detector.resolved_options()
     values.pop("combine")  # both are evaluated
     return values
 

@@ -76,7 +76,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from overfeat_tf.architecture.config import ModelConfig
 from overfeat_tf.data import image_io
 from overfeat_tf.models.backbone import backbone_of
 from overfeat_tf.models.decoders import BoxMergeDecoder
@@ -184,9 +183,7 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
     net = detector.backbone
     layer, size = feature_target(model, options)
     resolved = options.replace(feature_layer=layer, feature_size=size)
-    detection = detector.options
-    scales = detector.scales or pyramid.default_scales(config)
-    detection["scales"] = [list(s) if isinstance(s, tuple) else s for s in scales]
+    detection = detector.resolved_options()
     return {
         "format": FORMAT,
         "overfeat_tf_version": __version__,
@@ -207,22 +204,21 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
         "signatures": list(SIGNATURES),
         "box_format": "[ymin, xmin, ymax, xmax] normalized to the original image",
         "input": "RGB; images of more than max_pixels pixels are rejected",
-        "bounds": request_bounds(config, scales, detector, resolved),
+        "bounds": request_bounds(detector, resolved),
     }
 
 
-def request_bounds(
-    config: ModelConfig, scales: Any, detector: OverFeatDetector, options: ExportOptions
-) -> dict[str, Any]:
-    """What one request can cost at most, in pixels, whatever its images (the detector's
-    `scales` resolved, `options` with the feature size resolved).
+def request_bounds(detector: OverFeatDetector, options: ExportOptions) -> dict[str, Any]:
+    """What one request of an export of `detector` can cost at most, in pixels, whatever its
+    images (`options` with the feature size resolved).
 
     A request holds at most `max_images` images, decoded one at a time, each of at most
     `max_pixels` pixels; each image's pyramid level at scale S is at most
     `pyramid.max_level_size` (long side <= S * max_aspect_ratio), times 2 with flips.
     """
     ratio = detector.max_aspect_ratio
-    levels = [pyramid.max_level_size(s, config, ratio) for s in scales]
+    config = detector.backbone.config
+    levels = [pyramid.max_level_size(s, config, ratio) for s in detector.resolved_scales]
     copies = 2 if detector.flips else 1
     side = options.feature_size
     feature = side * int(side * ratio) if side else options.max_pixels

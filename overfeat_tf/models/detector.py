@@ -48,7 +48,7 @@ from overfeat_tf.models.decoders import (
 from overfeat_tf.models.detection import kept_boxes, level_boxes
 from overfeat_tf.models.inference import LevelOutput, run_levels
 from overfeat_tf.ops import boxes as box_ops
-from overfeat_tf.ops.pyramid import check_scales
+from overfeat_tf.ops.pyramid import check_scales, default_scales
 from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 
 TOP_CLASSES = 5
@@ -193,6 +193,16 @@ class OverFeatDetector(keras.Model):
         if self.scales is not None:
             values["scales"] = [list(s) if isinstance(s, tuple) else s for s in self.scales]
         return {**values, **decoder_options(self.prediction_decoder)}
+
+    @property
+    def resolved_scales(self) -> tuple[Any, ...]:
+        """The pyramid's scales: `scales`, or the net's defaults when None."""
+        return self.scales or default_scales(self.backbone.config)
+
+    def resolved_options(self) -> dict[str, Any]:
+        """`options` with the scales resolved (what the detector runs; JSON-ready)."""
+        scales = [list(s) if isinstance(s, tuple) else s for s in self.resolved_scales]
+        return {**self.options, "scales": scales}
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:

@@ -215,6 +215,56 @@ def test_row_blocks_give_the_same_results(monkeypatch, xla):
     assert int(iterations) > expected_iterations(want, rounds) + 10  # the blocks count
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rescoring_after_a_round_equals_scoring_all_pairs(seed):
+    # A round rescores only the merged clusters and those whose best partner changed; after
+    # every round, each cluster's best partner (score and position, ties included: boxes on
+    # a 10 px grid) must be what scoring every pair gives.
+    boxes, scores, classes = detector_set(seed, 300, num_classes=3)
+    boxes = np.round(boxes / 10) * 10
+    state = M._initial_clusters(*(tf.constant(x) for x in (boxes, scores, classes)))
+    every = tf.range(tf.shape(state[1])[0])
+    start = tf.math.divide_no_nan(state[0][:, :4], state[0][:, 4:5])
+    state = (*state, *M._best_partners(start, state[3], every, every, False)[:2])
+    threshold = tf.constant(MERGE_THRESHOLD, tf.float64)
+    rounds, incremental = 0, 0
+    while True:
+        m = int(tf.shape(state[1])[0])
+        *state, merged, _ = M._round(*state, threshold, False)
+        rounds += 1
+        if int(merged) == 0:
+            break
+        m_after = int(tf.shape(state[1])[0])
+        assert m_after == m - int(merged)
+        every = tf.range(m_after)
+        fresh = tf.math.divide_no_nan(state[0][:, :4], state[0][:, 4:5])
+        low, arg, _ = M._best_partners(fresh, state[3], every, every, False)
+        np.testing.assert_array_equal(state[4].numpy(), low.numpy())
+        np.testing.assert_array_equal(state[5].numpy(), arg.numpy())
+        incremental += 2 * int(merged) < m_after  # few changed: the incremental branch
+    assert rounds > 5 and incremental > 0
+
+
+def test_rescoring_breaks_a_tie_with_a_merged_cluster_by_position():
+    # A (position 0) kept its best partner B (position 2); C (position 1) just merged and
+    # now scores exactly as B does (mirror images about A): A's partner becomes C, the
+    # smaller position, as scoring every pair says.
+    # Three more clusters of another class, unchanged: few rescored, the incremental branch.
+    boxes = [[0, 20, 10, 30], [0, 10, 10, 20], [0, 30, 10, 40]] + [[50, 50, 60, 60]] * 3
+    boxes = tf.constant(boxes, tf.float64) + tf.constant([[0.0]] * 3 + [[0], [5], [9]], tf.float64)
+    group = tf.constant([0, 0, 0, 1, 1, 1])
+    every = tf.range(6)
+    full_low, full_arg, _ = M._best_partners(boxes, group, every, every, False)
+    assert full_arg.numpy().tolist()[:3] == [1, 0, 0]
+    # Before the round: A with B (position 2); B and the others as scoring all pairs gives.
+    low = tf.tensor_scatter_nd_update(full_low, [[0], [1]], [full_low[0], 9.0])
+    arg = tf.tensor_scatter_nd_update(full_arg, [[0], [1]], [2, 0])
+    changed = tf.constant([False, True] + [False] * 4)
+    low, arg, _ = M._rescore(boxes, group, low, arg, changed, changed, False)
+    np.testing.assert_array_equal(low.numpy(), full_low.numpy())
+    np.testing.assert_array_equal(arg.numpy(), full_arg.numpy())
+
+
 # --- particular inputs -------------------------------------------------------------------------
 def test_empty_and_single_box():
     for n in (0, 1):

@@ -36,17 +36,19 @@ The lowest-scoring pair of a class is always mutual, so every round makes the me
 paper's one-pair-per-step rule would make first, plus other disjoint mutual pairs; at the end
 no mutual pair scores <= t. Output: accumulated score descending, ties by key ascending.
 
-A round on m live clusters: the clusters are kept sorted by (class, key) and compacted after
-every round (merged-away clusters dropped), so later rounds are smaller. The best partners
-come from one masked [m, m] score matrix over all classes at once (pairs of different classes
-or k = l masked to inf): a fixed number of ops (kernels on a GPU) per round, whatever m.
-Memory: a few [m, m] temporaries of 4 m^2 bytes each in float32 (64 MiB at m = 4096). When
-m^2 exceeds `BLOCK_SCORES` = 2^24 the matrix is scored in row blocks of BLOCK_SCORES // m
-rows, an inner loop; with the detector's box budget (max_boxes = 4000) a round is one block.
+Cost of a round on m live clusters (kept sorted by (class, key), compacted after every
+round). The first round scores one masked [m, m] matrix over all classes at once (pairs of
+different classes, and p with itself, masked to inf). A later round rescores only what the
+last one changed: the k merged clusters against all ([m, k]) and the f clusters whose box or
+best partner changed against all ([f, m]); every other cluster keeps its partner unless a
+merged cluster now scores lower. Same results, and when k + f >= m one [m, m] block instead.
+Either way a fixed number of ops (kernels on a GPU) per round, whatever m. Memory: a few
+score temporaries of 4 bytes per pair; a block of more than `BLOCK_SCORES` = 2^24 pairs is
+scored in row blocks, an inner loop (never with the detector's 4000-box budget).
 
 Dependent loop iterations (`return_iterations=True`): one per round, including the last one
-that merges nothing, plus one per row block in rounds of more than one block (a one-block
-round runs no inner loop). 4000 clustered detector boxes take about 30-40.
+that merges nothing, plus one per row block of multi-block scoring. 4000 clustered detector
+boxes take about 30-40.
 
 `jit_compile=True` runs each block as an XLA-compiled kernel on padded shapes (a power of two
 >= 128 rows and columns; one compile per size met, once per process and dtype); the rest of
@@ -61,15 +63,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = [
-    "BLOCK_SCORES",
-    "DEFAULT_MAX_OUTPUT",
-    "MERGE_THRESHOLD",
-    "MergeResult",
-    "match_score",
-    "merge_boxes",
-    "mutual_merge",
-]
+__all__ = ["BLOCK_SCORES", "DEFAULT_MAX_OUTPUT", "MERGE_THRESHOLD", "MergeResult"]
+__all__ += ["match_score", "merge_boxes", "mutual_merge"]
 
 # Default threshold t (match_score <= t merges). Two same-size boxes shifted by a fraction d
 # of their side score d + 2d / (1 + d): t = 0.7 merges them for d < ~0.28 (IoU > ~0.56), and
@@ -145,34 +140,31 @@ def match_score(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     return _pair_scores(_derive(boxes1), _derive(tf.cast(boxes2, boxes1.dtype)))
 
 
-def _best_in_block(
-    rows: tf.Tensor, row_pos: tf.Tensor, row_group: tf.Tensor, cols: tf.Tensor, col_group: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
+def _best_in_block(rows, row_pos, row_group, cols, col_pos, col_group, none) -> tuple:
     """Each row's best partner among the columns: the lowest score against a column of its
-    class group other than itself, and the first such column (`tf.argmin` does not promise
-    which index it returns on ties; this does).
+    class group other than itself, and the smallest such column position (`tf.argmin` does
+    not promise which index it returns on ties; this does).
 
     Args:
-        rows: [r, 4] boxes, row_pos [r] int32 their column index, row_group [r] int32 class
-            group. cols: [w, 4], col_group [w] int32 (-1: padding, never a partner).
+        rows: [r, 4] boxes, row_pos [r] int32 their positions, row_group [r] int32 class
+            group. cols: [w, 4], col_pos [w] int32, col_group [w] int32 (-1: padding, never
+            a partner). none: [] int32 position returned for a row without partner.
 
     Returns:
-        low [r] (inf if no partner), arg [r] int32 (w if no partner).
+        low [r] (inf if no partner), arg [r] int32 (the partner's position, else `none`).
     """
     scores = _pair_scores(
         tuple(x[:, tf.newaxis] for x in _derive(rows)), tuple(x[tf.newaxis] for x in _derive(cols))
     )  # [r, w]
-    w = tf.shape(cols, out_type=tf.int32)[0]
-    columns = tf.range(w)
     partner = tf.logical_and(
         tf.equal(row_group[:, tf.newaxis], col_group[tf.newaxis]),
-        tf.not_equal(row_pos[:, tf.newaxis], columns[tf.newaxis]),
+        tf.not_equal(row_pos[:, tf.newaxis], col_pos[tf.newaxis]),
     )
     scores = tf.where(partner, scores, tf.constant(np.inf, scores.dtype))
     low = tf.reduce_min(scores, axis=1)
     at_low = tf.equal(scores, low[:, tf.newaxis])
-    arg = tf.reduce_min(tf.where(at_low, columns[tf.newaxis], w), axis=1)
-    return low, tf.where(tf.math.is_inf(low), w, arg)
+    arg = tf.reduce_min(tf.where(at_low, col_pos[tf.newaxis], none), axis=1)
+    return low, tf.where(tf.math.is_inf(low), none, arg)
 
 
 _best_in_block_xla = tf.function(
@@ -180,52 +172,50 @@ _best_in_block_xla = tf.function(
 )
 
 
-def _padded(n: tf.Tensor) -> tf.Tensor:
-    """The smallest power of two >= max(n, _MIN_PADDED) (int32)."""
-    x = tf.maximum(n, _MIN_PADDED) - 1
+def _padded(x: tf.Tensor, value: int) -> tf.Tensor:
+    """`x` padded along axis 0 with `value` to the smallest power of two >= 128."""
+    n = tf.shape(x, out_type=tf.int32)[0]
+    size = tf.maximum(n, _MIN_PADDED) - 1
     for shift in (1, 2, 4, 8, 16):
-        x = tf.bitwise.bitwise_or(x, tf.bitwise.right_shift(x, shift))
-    return x + 1
+        size = tf.bitwise.bitwise_or(size, tf.bitwise.right_shift(size, shift))
+    pads = [[0, size + 1 - n]] + [[0, 0]] * (x.shape.rank - 1)
+    return tf.pad(x, pads, constant_values=value)
 
 
 def _block(
-    boxes: tf.Tensor, group: tf.Tensor, start: tf.Tensor, size: tf.Tensor, xla: bool
+    boxes: tf.Tensor, group: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, xla: bool
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Best partners of the rows [start, start + size) against all m clusters."""
-    rows = tf.range(start, start + size)
-    args = (tf.gather(boxes, rows), rows, tf.gather(group, rows), boxes, group)
-    if not xla:
-        return _best_in_block(*args)
+    """Best partners of the clusters at positions `rows` [r] among those at `cols` [w]."""
     m = tf.shape(group, out_type=tf.int32)[0]
-    r_pad, w_pad = _padded(size) - size, _padded(m) - m
-    low, arg = _best_in_block_xla(
-        tf.pad(args[0], [[0, r_pad], [0, 0]]),
-        tf.pad(rows, [[0, r_pad]], constant_values=-1),
-        tf.pad(args[2], [[0, r_pad]], constant_values=-1),
-        tf.pad(boxes, [[0, w_pad], [0, 0]]),
-        tf.pad(group, [[0, w_pad]], constant_values=-1),
-    )
-    return low[:size], tf.minimum(arg[:size], m)
+    args = [tf.gather(boxes, rows), rows, tf.gather(group, rows)]
+    args += [tf.gather(boxes, cols), cols, tf.gather(group, cols)]
+    if not xla:
+        return _best_in_block(*args, m)
+    padded = [_padded(x, value) for x, value in zip(args, (0, -1, -1) * 2, strict=True)]
+    low, arg = _best_in_block_xla(*padded, m)
+    r = tf.shape(rows)[0]
+    return low[:r], arg[:r]
 
 
 def _best_partners(
-    boxes: tf.Tensor, group: tf.Tensor, xla: bool
+    boxes: tf.Tensor, group: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, xla: bool
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """low [m], arg [m] (m if alone) of every cluster and the inner-loop iterations []: one
-    block if m * m <= BLOCK_SCORES, else a loop over blocks of BLOCK_SCORES // m rows."""
-    m = tf.shape(group, out_type=tf.int32)[0]
-    rows = tf.clip_by_value(BLOCK_SCORES // tf.maximum(m, 1), 1, tf.maximum(m, 1))
+    """low [r], arg [r] (m if none) of the clusters at `rows` among those at `cols` and the
+    inner-loop iterations []: one block if r * w <= BLOCK_SCORES, else a loop over blocks of
+    BLOCK_SCORES // w rows."""
+    r, w = tf.shape(rows, out_type=tf.int32)[0], tf.shape(cols, out_type=tf.int32)[0]
+    size = tf.clip_by_value(BLOCK_SCORES // tf.maximum(w, 1), 1, tf.maximum(r, 1))
 
     def one_block():
-        return (*_block(boxes, group, 0, m, xla), tf.constant(0, tf.int32))
+        return (*_block(boxes, group, rows, cols, xla), tf.constant(0, tf.int32))
 
     def row_blocks():
         def body(i, lows, args):
-            start = i * rows
-            low, arg = _block(boxes, group, start, tf.minimum(rows, m - start), xla)
+            part = rows[i * size : (i + 1) * size]
+            low, arg = _block(boxes, group, part, cols, xla)
             return i + 1, lows.write(i, low), args.write(i, arg)
 
-        count = (m + rows - 1) // rows
+        count = (r + size - 1) // size
         arrays = (
             tf.TensorArray(boxes.dtype, size=count, infer_shape=False),
             tf.TensorArray(tf.int32, size=count, infer_shape=False),
@@ -233,26 +223,51 @@ def _best_partners(
         _, lows, args = tf.while_loop(lambda i, *_: i < count, body, (0, *arrays))
         return lows.concat(), args.concat(), count
 
-    low, arg, inner = tf.cond(m <= rows, one_block, row_blocks)
-    return tf.reshape(low, [m]), tf.reshape(arg, [m]), inner
+    low, arg, inner = tf.cond(r <= size, one_block, row_blocks)
+    return tf.reshape(low, [r]), tf.reshape(arg, [r]), inner
 
 
-def _round(
-    sums: tf.Tensor,
-    key: tf.Tensor,
-    cls: tf.Tensor,
-    group: tf.Tensor,
-    threshold: tf.Tensor,
-    xla: bool,
-) -> tuple[tf.Tensor, ...]:
+def _rescore(boxes, group, low, arg, changed, stale, xla: bool) -> tuple[tf.Tensor, ...]:
+    """Best partners of all m clusters after a round, from those before it.
+
+    low, arg [m]: each cluster's best partner before the round (positions after it; m:
+    none), valid for the clusters whose box and best partner did not change; changed [m]
+    bool: clusters whose box changed; stale [m] bool: clusters to score against all others
+    (changed, or their best partner changed or merged away). The others keep their partner
+    unless a changed cluster scores lower (or equal, at a smaller position): scores
+    against the changed clusters only, [m, k] + [f, m] instead of [m, m], same results.
+    Returns low [m], arg [m], inner-loop iterations []."""
+    m = tf.shape(group, out_type=tf.int32)[0]
+    every = tf.range(m)
+    changed_at = tf.reshape(tf.where(changed), [-1])
+    stale_at = tf.cast(tf.reshape(tf.where(stale), [-1]), tf.int32)
+    k, f = tf.size(changed_at), tf.size(stale_at)
+
+    def incremental():
+        low_c, arg_c, inner_c = _best_partners(
+            boxes, group, every, tf.cast(changed_at, tf.int32), xla
+        )
+        better = tf.logical_or(low_c < low, tf.logical_and(tf.equal(low_c, low), arg_c < arg))
+        low_i, arg_i = tf.where(better, low_c, low), tf.where(better, arg_c, arg)
+        low_f, arg_f, inner_f = _best_partners(boxes, group, stale_at, every, xla)
+        at = stale_at[:, tf.newaxis]
+        return (
+            tf.tensor_scatter_nd_update(low_i, at, low_f),
+            tf.tensor_scatter_nd_update(arg_i, at, arg_f),
+            inner_c + inner_f,
+        )
+
+    return tf.cond(k + f < m, incremental, lambda: _best_partners(boxes, group, every, every, xla))
+
+
+def _round(sums, key, cls, group, low, arg, threshold, xla: bool) -> tuple[tf.Tensor, ...]:
     """One round on the clusters (sorted by class, key): every mutual best pair at <=
     threshold merges into its first member. sums [m, 6]: sums of the members' y0, x0, y1,
-    x1, the member count and the score sum; key, cls, group [m] int32.
+    x1, the member count and the score sum; key, cls, group [m] int32; low [m], arg [m]:
+    each cluster's best partner (`_best_partners`).
 
-    Returns (sums, key, cls, group) of the remaining clusters, pairs merged [], inner-loop
-    iterations []."""
-    boxes = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
-    low, arg, inner = _best_partners(boxes, group, xla)
+    Returns (sums, key, cls, group, low, arg) of the remaining clusters, pairs merged [],
+    inner-loop iterations []."""
     m = tf.shape(key, out_type=tf.int32)[0]
     position = tf.range(m)
     partner = tf.minimum(arg, m - 1)
@@ -261,8 +276,16 @@ def _round(
     stays = tf.logical_not(tf.logical_and(mutual, arg < position))  # not a q
     sums = sums + tf.where(absorbs[:, tf.newaxis], tf.gather(sums, partner), tf.zeros_like(sums))
     index = tf.reshape(tf.where(stays), [-1])  # one Where: one size read back per round
-    kept = tuple(tf.gather(x, index) for x in (sums, key, cls, group))
-    return (*kept, tf.reduce_sum(tf.cast(absorbs, tf.int32)), inner)
+    # Positions after the compaction (m: none); clusters whose best partner merged are stale.
+    new_position = tf.concat([tf.cumsum(tf.cast(stays, tf.int32)) - 1, [tf.size(index)]], 0)
+    partner_moved = tf.logical_and(arg < m, tf.gather(mutual, partner))
+    kept = [tf.gather(x, index) for x in (sums, key, cls, group, low, arg, absorbs)]
+    sums, key, cls, group, low, arg, changed = kept
+    stale = tf.logical_or(changed, tf.gather(partner_moved, index))
+    boxes = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
+    low, arg, inner = _rescore(boxes, group, low, tf.gather(new_position, arg), changed, stale, xla)
+    merged = tf.reduce_sum(tf.cast(absorbs, tf.int32))
+    return sums, key, cls, group, low, arg, merged, inner
 
 
 def _initial_clusters(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> tuple:
@@ -307,17 +330,15 @@ def _rank(sums: tf.Tensor, key: tf.Tensor, cls: tf.Tensor, max_output: int) -> M
     num_merged = tf.minimum(tf.shape(scores)[0], max_output)
     top = tf.math.top_k(scores, k=num_merged, sorted=True).indices
     pick = tf.gather(by_key, top)
-    pad = max_output - num_merged
     boxes = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
-    return MergeResult(
-        tf.ensure_shape(tf.pad(tf.gather(boxes, pick), [[0, pad], [0, 0]]), [max_output, 4]),
-        tf.ensure_shape(tf.pad(tf.gather(scores, top), [[0, pad]]), [max_output]),
-        tf.ensure_shape(tf.pad(tf.gather(cls, pick), [[0, pad]]), [max_output]),
-        tf.ensure_shape(
-            tf.pad(tf.cast(tf.gather(sums[:, 4], pick), tf.int32), [[0, pad]]), [max_output]
-        ),
-        num_merged,
-    )
+
+    def padded(x: tf.Tensor) -> tf.Tensor:
+        pads = [[0, max_output - num_merged]] + [[0, 0]] * (x.shape.rank - 1)
+        return tf.ensure_shape(tf.pad(x, pads), [max_output, *x.shape[1:]])
+
+    members = tf.cast(tf.gather(sums[:, 4], pick), tf.int32)
+    picked = (tf.gather(boxes, pick), tf.gather(scores, top), tf.gather(cls, pick), members)
+    return MergeResult(*(padded(x) for x in picked), num_merged)
 
 
 @tf.function(reduce_retracing=True, autograph=False)
@@ -331,23 +352,26 @@ def _merge_graph(
 ) -> tuple[MergeResult, tf.Tensor]:
     """`merge_boxes` on checked inputs, as a graph: (MergeResult, iterations [])."""
     sums, key, cls, group = _initial_clusters(boxes, scores, classes)
+    every = tf.range(tf.shape(key, out_type=tf.int32)[0])
+    low, arg, first = _best_partners(
+        tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5]), group, every, every, xla
+    )
 
-    def body(sums, key, cls, group, merged, iterations):
-        sums, key, cls, group, merged, inner = _round(sums, key, cls, group, threshold, xla)
-        return sums, key, cls, group, merged, iterations + 1 + inner
+    def body(state, merged, iterations):
+        *state, merged, inner = _round(*state, threshold, xla)
+        return tuple(state), merged, iterations + 1 + inner
 
-    zero = tf.constant(0, tf.int32)
-    sums, key, cls, _, _, iterations = tf.while_loop(
-        lambda sums, key, cls, group, merged, it: tf.logical_and(merged > 0, tf.shape(key)[0] >= 2),
+    state, _, iterations = tf.while_loop(
+        lambda state, merged, _: tf.logical_and(merged > 0, tf.shape(state[1])[0] >= 2),
         body,
-        (sums, key, cls, group, tf.constant(1, tf.int32), zero),
+        ((sums, key, cls, group, low, arg), tf.constant(1, tf.int32), first),
         shape_invariants=(
-            tf.TensorShape([None, 6]),
-            *[tf.TensorShape([None])] * 3,
-            *[tf.TensorShape([])] * 2,
+            (tf.TensorShape([None, 6]), *[tf.TensorShape([None])] * 5),
+            tf.TensorShape([]),
+            tf.TensorShape([]),
         ),
     )
-    return _rank(sums, key, cls, max_output), iterations
+    return _rank(*state[:3], max_output), iterations
 
 
 def _check_inputs(
@@ -361,11 +385,8 @@ def _check_inputs(
     with run-time checks of the number of boxes and finiteness."""
     if isinstance(threshold, int | float) and not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}.")
-    if (
-        not isinstance(max_output, int | np.integer)
-        or isinstance(max_output, bool)
-        or max_output < 1
-    ):
+    count = isinstance(max_output, int | np.integer) and not isinstance(max_output, bool)
+    if not count or max_output < 1:
         raise ValueError(f"max_output must be a positive int, got {max_output!r}.")
     boxes = tf.convert_to_tensor(boxes)
     if not boxes.dtype.is_floating:
@@ -389,17 +410,13 @@ def _check_inputs(
     checks = [
         tf.debugging.assert_equal(
             n,
-            tf.shape(scores),
-            message="merge_boxes: boxes and scores disagree on the number of boxes.",
-        ),
-        tf.debugging.assert_equal(
-            n,
-            tf.shape(classes),
-            message="merge_boxes: boxes and classes disagree on the number of boxes.",
-        ),
-        tf.debugging.assert_all_finite(boxes, "merge_boxes: boxes must be finite."),
-        tf.debugging.assert_all_finite(scores, "merge_boxes: scores must be finite."),
-        tf.debugging.assert_all_finite(threshold, "merge_boxes: threshold must be finite."),
+            tf.shape(x),
+            message=f"merge_boxes: boxes and {what} disagree on the number of boxes.",
+        )
+        for x, what in ((scores, "scores"), (classes, "classes"))
+    ] + [
+        tf.debugging.assert_all_finite(x, f"merge_boxes: {what} must be finite.")
+        for x, what in ((boxes, "boxes"), (scores, "scores"), (threshold, "threshold"))
     ]
     with tf.control_dependencies(checks):
         return tf.identity(boxes), scores, classes, threshold

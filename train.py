@@ -49,9 +49,9 @@ import argparse
 import sys
 
 from overfeat_tf import cli, main_job
+from overfeat_tf.models.losses import BOX_LOSSES
 from overfeat_tf.training import precision
 from overfeat_tf.training import run as training
-from overfeat_tf.training.losses import BOX_LOSSES
 
 
 def _verbosity(text: str) -> str | int:

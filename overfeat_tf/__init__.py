@@ -23,7 +23,7 @@ from overfeat_tf.models.decoders import BoxMergeDecoder, GreedyMergeDecoder, NMS
 from overfeat_tf.models.detector import OverFeatDetector, detect, localize
 from overfeat_tf.models.inference import classify
 from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
-from overfeat_tf.training.losses import MinedDetectionLoss, WindowBoxLoss
+from overfeat_tf.models.losses import MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.utils.version import __version__ as __version__
 
 __all__ = [

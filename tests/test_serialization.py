@@ -5,10 +5,9 @@ reloaded and called with new image sizes and batch sizes."""
 import numpy as np
 import pytest
 
-from overfeat_tf.models import decoders
+from overfeat_tf.models import decoders, losses
 from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.models.layers import DenseOffsetPooling, MatmulConv2D, OffsetInterleave
-from overfeat_tf.training import losses
 from tests.harness import check_config_round_trip, run_layer_test, run_model_test
 
 

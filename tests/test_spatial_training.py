@@ -9,9 +9,11 @@ import tensorflow as tf
 
 from overfeat_tf.architecture.config import TINY
 from overfeat_tf.data import spatial
+from overfeat_tf.models import losses
 from overfeat_tf.models.backbone import OverFeat, backbone_of
+from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.ops import resizing
-from overfeat_tf.training import losses, tasks
+from overfeat_tf.training import tasks
 
 SIZE = spatial.default_train_size(TINY)  # 295 -> a 5x5 fine map
 C = TINY.num_classes
@@ -254,24 +256,33 @@ def test_task_models_copy_weights_and_freeze():
     assert not kernel[..., C].any()
     localizer = tasks.task_model("localize", detector)
     assert localizer.regressor == "class_specific" and localizer.background
+    trainer = OverFeatDetector(localizer)
+    trainer.compile(optimizer="sgd", task="localize")
     trainable = {w.path.split("/")[0] for w in localizer.trainable_weights}
     assert trainable == {"reg_fc1", "reg_fc2", "reg_out"}
-    assert set(tasks.task_losses("localize", localizer)) == {"class_logits", "box_deltas"}
+    assert set(trainer.loss) == {"class_logits", "box_deltas"}
+    trainer.compile(optimizer="sgd", task="detect")
+    assert not any(w.path.startswith("reg_") for w in localizer.trainable_weights)
+    assert {"conv1", "fc8"} <= {w.path.split("/")[0] for w in localizer.trainable_weights}
+    with pytest.raises(ValueError, match="background"):
+        OverFeatDetector(base).compile(task="detect")
+    with pytest.raises(ValueError, match="regressor"):
+        OverFeatDetector(detector).compile(task="localize")
     with pytest.raises(ValueError, match="task"):
         tasks.task_model("segment", base)
 
 
 def test_localize_training_reduces_box_loss():
-    """A few steps on one repeated batch: the regressor's L2 loss goes down."""
+    """A few steps of `detector.fit` on one repeated batch: the regressor's loss goes down."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype("float32")
-    boxes = np.array([[40, 50, 200, 230]], "float32")
-    targets = [spatial.spatial_targets(boxes, [2], TINY, SIZE, C)[1] for _ in range(2)]
+    boxes = np.array([[[40, 50, 200, 230]]] * 2, "float32") / SIZE  # normalized yxyx
     model = tasks.task_model("localize", OverFeat("tiny", kernel_initializer="he_normal"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=tasks.task_losses("localize", model))
-    y = {"box_deltas": tf.stack(targets), "class_logits": tf.zeros([2, 5, 5])}
-    history = model.fit(images, y, epochs=15, batch_size=2, verbose=0).history["loss"]
+    detector = OverFeatDetector(model)
+    detector.compile(optimizer=keras.optimizers.Adam(1e-3), task="localize")
+    y = {"boxes": boxes, "labels": np.array([[2], [2]])}
+    history = detector.fit(images, y, epochs=15, batch_size=2, verbose=0).history["loss"]
     assert history[-1] < 0.5 * history[0]
 
 
@@ -390,9 +401,9 @@ def test_localize_on_real_photos_trains_with_a_finite_decreasing_loss(tmp_path):
     keras.utils.set_random_seed(config.seed)
     model = recipe.compile_task_model(recipe.build_task_model(config, names), config, 10)
     assert model.optimizer.global_clipnorm == 1.0 and model.optimizer.learning_rate == 1e-2
-    images, targets = next(iter(spatial.spatial_dataset(_photos(), "train", TINY, C, 4, seed=3)))
+    images, y = next(iter(spatial.spatial_dataset(_photos(), "train", TINY, 4, seed=3)))
+    targets = model.training_targets(y, tf.shape(images)[1:3], (5, 5))
     assert (targets["box_deltas"][..., 4] >= 0).numpy().sum() >= 4  # cells with a box
-    y = {name: targets[name] for name in model.output_names}
     losses = model.fit(images, y, epochs=12, batch_size=4, verbose=0).history["loss"]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.5 * losses[0], losses

@@ -80,13 +80,28 @@ def spatial_targets(
     num_classes: int,
     min_fill: float = 0.1,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-cell targets of a `size` x `size` training image (module docstring rules).
+    """Per-cell targets of a `size` x `size` training image (`map_targets` with the fine
+    output map of that size; h = w = `config.output_size(size)`)."""
+    out = config.output_size(size, "fine")
+    return map_targets(boxes, labels, config, (out, out), num_classes, min_fill)
+
+
+def map_targets(
+    boxes: tf.Tensor,
+    labels: tf.Tensor,
+    config: ModelConfig,
+    out_size: tuple[Any, Any],
+    num_classes: int,
+    min_fill: float = 0.1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Targets of every cell of a fine-stride output map (module docstring rules).
 
     Args:
         boxes: `[N, 4]` yxyx in PIXELS of the training image (may extend past its border).
         labels: `[N]` int classes in `[0, num_classes)`.
         config: the network (fine stride, window = crop size).
-        size: side of the training image (px).
+        out_size: (h, w) of the output map, ints or scalar tensors (the map of an H x W
+            image: `config.output_size(H)`, `config.output_size(W)`).
         num_classes: C; background is class C.
         min_fill: smallest fraction of the window a positive object must fill.
 
@@ -94,11 +109,11 @@ def spatial_targets(
         class_target int32 `[h, w]` (class, C = background, -1 = ignored) and
         box_target float32 `[h, w, 5]`: 4 edges yxyx in window units (window frame, each in
         `TARGET_RANGE`; see the module docstring) and the box's class as a float (-1 where
-        there is no box to regress). h = w = `config.output_size(size)`.
+        there is no box to regress).
     """
-    out = config.output_size(size, "fine")
+    out_h, out_w = out_size
     windows = tf.reshape(
-        box_ops.window_boxes(out, out, config.fine_stride, config.crop_size), [-1, 4]
+        box_ops.window_boxes(out_h, out_w, config.fine_stride, config.crop_size), [-1, 4]
     )  # [P, 4]
     # A zero-area dummy box far away keeps every reduction non-empty (images without boxes).
     boxes = tf.concat([tf.cast(boxes, tf.float32), tf.fill([1, 4], -1e6)], axis=0)  # [N+1, 4]
@@ -123,7 +138,7 @@ def spatial_targets(
     box_class = tf.where(has_box, tf.gather(labels, regress), _NO_BOX)
     box_target = tf.concat([deltas, tf.cast(box_class, tf.float32)[:, tf.newaxis]], axis=1)
     box_target = tf.where(has_box[:, tf.newaxis], box_target, tf.constant([0, 0, 0, 0, -1.0]))
-    return tf.reshape(class_target, [out, out]), tf.reshape(box_target, [out, out, 5])
+    return tf.reshape(class_target, [out_h, out_w]), tf.reshape(box_target, [out_h, out_w, 5])
 
 
 # --- input pipeline -------------------------------------------------------------------------
@@ -192,20 +207,21 @@ def spatial_dataset(
     name_or_dataset: str | tf.data.Dataset,
     split: str,
     config: ModelConfig,
-    num_classes: int,
     batch_size: int,
     *,
     train_size: int | None = None,
     short_sides: Sequence[int] | None = None,
-    min_fill: float = 0.1,
     data_dir: str | None = None,
     seed: int = 0,
     shuffle_buffer: int = 2000,
     counter: data.CorruptRecordCounter | None = None,
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (images `[B, S, S, 3]`, {"class_logits": `[B, h, w]`, "box_deltas":
-    `[B, h, w, 5]`}) for `fit`, repeated forever (targets as in `spatial_targets`).
+    """Batches of (images `[B, S, S, 3]`, {"boxes": `[B, N, 4]`, "labels": `[B, N]`}) for
+    `OverFeatDetector.fit`, repeated forever: every image rescaled, padded, cropped and
+    flipped by `random_spatial_crop`; its boxes yxyx NORMALIZED to the crop (they may extend
+    past it), rows past an image's objects padded (boxes 0, labels -1). The detector builds
+    the cells' targets from them in its train step (`map_targets`).
 
     With an `input_context` (`strategy.distribute_datasets_from_function`), this input
     pipeline's shard (`tfds_io.raw_split`) and the per-replica batch (`batch_size` is global).
@@ -230,10 +246,10 @@ def spatial_dataset(
     def prepare(example: tuple, example_seed: tf.Tensor) -> tuple[tf.Tensor, dict]:
         image, boxes, labels = example
         image, boxes = random_spatial_crop(image, boxes, size, sides, example_seed)
-        class_target, box_target = spatial_targets(
-            boxes, labels, config, size, num_classes, min_fill
-        )
-        return image, {"class_logits": class_target, "box_deltas": box_target}
+        return image, {"boxes": boxes / size, "labels": labels}
 
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    padding = (tf.constant(0.0), {"boxes": tf.constant(0.0), "labels": tf.constant(-1)})
+    return dataset.padded_batch(batch_size, padding_values=padding, drop_remainder=True).prefetch(
+        tf.data.AUTOTUNE
+    )

@@ -60,6 +60,7 @@ from overfeat_tf.models.detector import (
 from overfeat_tf.utils.progress import progress_bar
 
 GUESSES = 5  # ILSVRC localization: 5 (class, box) guesses per image
+COCO_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))  # mAP@[.5:.95]
 _FIELDS = ("boxes", "scores", "classes", "num")
 
 
@@ -224,6 +225,7 @@ def evaluate_detection(
         function), `seconds_per_image` (after the first), `options`, `guesses`, `iou_threshold`,
         `class_names`, `classification` (`top1_error`, `top5_error`, %), and for each
         decoder ("merge" and "nms" by default): `map` (mAP@iou, None if no ground truth),
+        `map_50_95` (COCO's mAP@[.5:.95], the mean over IoU 0.5, 0.55, ..., 0.95),
         `ap` (per class, None for classes without ground truth), `localization_error` (%),
         `detections_per_image`.
     """
@@ -326,8 +328,12 @@ class _Tally:
                 if labelled
                 else float("nan")
             )
+            coco = [self.accumulators[c].average_precision(t) for t in COCO_IOU_THRESHOLDS]
             result[c] = {
                 "map": _json_float(metrics.mean_average_precision(ap)),
+                "map_50_95": _json_float(
+                    np.mean([metrics.mean_average_precision(a) for a in coco])
+                ),
                 "ap": [_json_float(v) for v in ap],
                 "localization_error": _json_float(100.0 * error),
                 "detections_per_image": self.num_detections[c] / self.count,

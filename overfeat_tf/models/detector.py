@@ -34,9 +34,11 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
 
 from overfeat_tf.architecture.config import check_stride
 from overfeat_tf.data.image_io import load_image
+from overfeat_tf.data.spatial import map_targets
 from overfeat_tf.models.backbone import OverFeat, backbone_of
 from overfeat_tf.models.decoders import (
     DECODER_OPTIONS,
@@ -47,11 +49,13 @@ from overfeat_tf.models.decoders import (
 )
 from overfeat_tf.models.detection import kept_boxes, level_boxes
 from overfeat_tf.models.inference import LevelOutput, run_levels
+from overfeat_tf.models.losses import BOX_LOSSES, MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.ops import boxes as box_ops
 from overfeat_tf.ops.pyramid import check_scales, default_scales
 from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 
 TOP_CLASSES = 5
+TASKS = ("detect", "localize")  # what `compile(task=...)` trains
 # The detector's own options (its constructor's arguments after the decoder), in order.
 BOX_OPTIONS = (
     "scales",
@@ -331,6 +335,162 @@ class OverFeatDetector(keras.Model):
             fn_output_signature=output_spec(self.max_detections),
             parallel_iterations=1,
         )
+
+    # --- training with Keras' own loop ----------------------------------------------------
+
+    def compile(
+        self,
+        optimizer: Any = "sgd",
+        task: str = "detect",
+        box_loss: str = "smooth_l1",
+        min_fill: float = 0.1,
+        negative_ratio: float = 3.0,
+        min_negatives: int = 8,
+        hard_fraction: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        """Prepare `fit` / `evaluate` on `(images, {"boxes", "labels"})` batches.
+
+        The paper's spatial training (§4.2, §5): every cell of the fine-stride output map of
+        a training image gets its targets from the image's boxes (`data.spatial.map_targets`:
+        the window coverage rule, background where no box is near, box edges in window
+        units), built in the train step; detect's loss mines negatives per image.
+
+        Args:
+            optimizer: a Keras optimizer (or its name).
+            task: "detect" trains trunk + classifier (the backbone needs `background=True`;
+                the regressor is frozen); "localize" trains only the regressor (the
+                backbone needs a `regressor`; trunk and classifier frozen). Sets the
+                backbone layers' `trainable` flags.
+            box_loss: localize's `WindowBoxLoss` kind ("smooth_l1" or the paper's "l2").
+            min_fill: smallest fraction of a window a positive object must fill.
+            negative_ratio, min_negatives, hard_fraction: detect's negative mining
+                (`MinedDetectionLoss`).
+            **kwargs: other `keras.Model.compile` arguments (metrics, ...); `jit_compile`
+                defaults to False (the targets have dynamic shapes).
+        """
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}.")
+        if not 0 < min_fill <= 1:
+            raise ValueError(f"min_fill must be in (0, 1], got {min_fill}.")
+        net = self.backbone
+        if task == "detect" and not net.background:
+            raise ValueError(
+                "task='detect' needs a backbone with a background class: build it with "
+                "OverFeat(..., background=True) or `overfeat_tf.training.tasks.task_model`."
+            )
+        if task == "localize" and not net.regressor:
+            raise ValueError(
+                "task='localize' needs a backbone with a box regressor: build it with "
+                "OverFeat(..., regressor='class_specific') or `training.tasks.task_model`."
+            )
+        for layer in net.layers:
+            regression = layer.name.startswith("reg_")
+            layer.trainable = regression if task == "localize" else not regression
+        mining = {
+            "negative_ratio": negative_ratio,
+            "min_negatives": min_negatives,
+            "hard_fraction": hard_fraction,
+        }
+        self.training_settings = {"task": task, "box_loss": box_loss, "min_fill": min_fill}
+        self.training_settings.update(mining)
+        losses = {
+            "class_logits": MinedDetectionLoss(**mining) if task == "detect" else None,
+            "box_deltas": WindowBoxLoss(box_loss) if task == "localize" else None,
+        }
+        kwargs.setdefault("jit_compile", False)
+        super().compile(
+            optimizer=optimizer,
+            loss={name: losses[name] for name in net.output_names},
+            **kwargs,
+        )
+
+    def get_compile_config(self) -> dict[str, Any]:
+        if not self.compiled:
+            return {}
+        optimizer = keras.saving.serialize_keras_object(self.optimizer)
+        return {"optimizer": optimizer, **self.training_settings}
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"))
+        self.compile(optimizer=optimizer, **config)
+        self.optimizer.build(self.trainable_variables)
+
+    def training_targets(
+        self, y: dict[str, Any], image_size: tf.Tensor, map_size: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """The cells' targets of a batch (`data.spatial.map_targets` per image).
+
+        Args:
+            y: {"boxes": `[B, N, 4]` yxyx NORMALIZED to the image, "labels": `[B, N]` int};
+                rows with label < 0 are padding; ragged `[B, None, ...]` tensors accepted.
+            image_size: (H, W) of the batch's images. map_size: (h, w) of the output map.
+
+        Returns:
+            {"class_logits": int32 `[B, h, w]`, "box_deltas": float32 `[B, h, w, 5]`}, the
+            targets of the backbone's outputs.
+        """
+        if not isinstance(y, dict) or not {"boxes", "labels"} <= set(y):
+            raise ValueError(
+                'fit/evaluate need (images, {"boxes": [B, N, 4] yxyx normalized, "labels": '
+                f"[B, N] int, -1 = padding}}) batches; got targets {type(y).__name__}"
+                f"{sorted(y) if isinstance(y, dict) else ''}."
+            )
+        boxes, labels = y["boxes"], y["labels"]
+        if isinstance(boxes, tf.RaggedTensor):
+            boxes = boxes.to_tensor(0.0)
+        if isinstance(labels, tf.RaggedTensor):
+            labels = labels.to_tensor(-1)
+        size = tf.cast(image_size, tf.float32)
+        pixels = tf.cast(boxes, tf.float32) * tf.concat([size, size], 0)
+        labels = tf.cast(labels, tf.int32)
+        net, min_fill = self.backbone, self.training_settings["min_fill"]
+
+        def one_image(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            image_boxes, image_labels = args
+            keep = image_labels >= 0
+            return map_targets(
+                tf.boolean_mask(image_boxes, keep),
+                tf.boolean_mask(image_labels, keep),
+                net.config,
+                (map_size[0], map_size[1]),
+                net.num_classes,
+                min_fill,
+            )
+
+        classes, boxes = tf.map_fn(
+            one_image, (pixels, labels), fn_output_signature=(tf.int32, tf.float32)
+        )
+        targets = {"class_logits": classes, "box_deltas": boxes}
+        return {name: targets[name] for name in net.output_names}
+
+    def _training_pass(self, data: Any, training: bool) -> tuple:
+        """(images, targets, outputs, loss) of a batch: the backbone at the fine stride."""
+        images, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        images = tf.cast(images, tf.float32)
+        outputs = self.backbone.spatial_model("fine")(images, training=training)
+        map_size = tf.shape(outputs["class_logits"])[1:3]
+        targets = self.training_targets(y, tf.shape(images)[1:3], map_size)
+        loss = self.compute_loss(images, targets, outputs, sample_weight, training=training)
+        # As Keras' own train step: the tracker sees the loss before the per-replica scaling.
+        tracked = unscale_loss_for_distribution(loss)
+        self._loss_tracker.update_state(tracked, sample_weight=tf.shape(images)[0])
+        return images, targets, outputs, loss, sample_weight
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        with tf.GradientTape() as tape:
+            images, targets, outputs, loss, weight = self._training_pass(data, training=True)
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return self.compute_metrics(images, targets, outputs, sample_weight=weight)
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        images, targets, outputs, _, weight = self._training_pass(data, training=False)
+        return self.compute_metrics(images, targets, outputs, sample_weight=weight)
 
     def get_config(self) -> dict[str, Any]:
         options = self.options

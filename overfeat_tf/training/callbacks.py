@@ -13,7 +13,10 @@
 - `tensorboard_callback`: per-epoch scalars in `<output>/logs` (`keras.callbacks.TensorBoard`,
   or `EpochScalars` without the `tensorboard` package);
 - `RunState`: `<output>/state.json` after every epoch and `<output>/resume.json` on resume;
-- `TimeLimit` (optional): stops training after a wall-clock budget.
+- `TimeLimit` (optional): stops training after a wall-clock budget;
+- `DetectionMAP` (detect / localize with a validation split): COCO mAP of the detector on
+  the validation images every N epochs, into the logs (so the checkpoint, TensorBoard and
+  state see it), the best detector kept. Also for `OverFeatDetector.fit` in a notebook.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from overfeat_tf.data import inputs as data
+from overfeat_tf.evaluation.detection import evaluate_detection
 from overfeat_tf.utils import atomic
 
 BACKUP_DIR = "backup"  # under the run's output directory
@@ -276,6 +280,100 @@ class TimeLimit(keras.callbacks.Callback):
         if time.monotonic() - self.start > self.seconds:
             self.model.stop_training = True
             self.stopped = True
+
+
+class DetectionMAP(keras.callbacks.Callback):
+    """Detection mAP while a detector trains (paper §5's metric, COCO's definition).
+
+    Every `every` epochs the detector being fit (`OverFeatDetector.fit`), with its own
+    options, runs on the images of `split` through `evaluation.detection.evaluate_detection`
+    (the function `python -m overfeat_tf.detection_eval` reports; its merge decoder only),
+    and pycocotools' COCOeval gives mAP@0.5 and mAP@[.5:.95]: they enter the epoch's logs as
+    `val_map50` and `val_map` (History, `ModelCheckpoint`, TensorBoard and CSV callbacks
+    placed after this one record them), and a per-class AP@0.5 table is printed. With
+    `best_path`, the detector of the best `val_map50` so far is saved there (atomically,
+    compiled: a resume point).
+
+    Args:
+        dataset: a TFDS name or path with the detection schema, or a `tf.data.Dataset` of
+            example dicts (`image`, `objects/bbox` normalized yxyx, `objects/label`).
+        split: the split evaluated. data_dir: TFDS data directory (or a path dataset's
+            images folder).
+        every: evaluate after every `every`-th epoch (and never in between).
+        max_examples: only the first images of the split (None: all).
+        best_path: where to keep the best detector (a `.keras` path), or None.
+        verbose: 1 prints one line and the AP table per evaluation; 0 nothing.
+
+    Example:
+        >>> callback = DetectionMAP("overfeat_shapes/standard", "validation", every=2)
+        >>> detector.fit(train_batches, epochs=4, callbacks=[callback])
+        >>> callback.history[-1]["val_map50"]
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        split: str = "validation",
+        data_dir: str | None = None,
+        every: int = 1,
+        max_examples: int | None = None,
+        best_path: str | os.PathLike | None = None,
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}.")
+        self.dataset = dataset
+        self.split = split
+        self.data_dir = data_dir
+        self.every = every
+        self.max_examples = max_examples
+        self.best_path = Path(best_path) if best_path else None
+        self.verbose = verbose
+        self.best = -np.inf
+        self.history: list[dict[str, Any]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every:
+            return
+        detector = self.model
+        result = evaluate_detection(
+            detector,
+            self.dataset,
+            self.split,
+            self.data_dir,
+            max_examples=self.max_examples,
+            decoders={"merge": detector.prediction_decoder},
+        )
+        merge = result["merge"]
+        found = {"epoch": epoch + 1, "val_map50": merge["map"], "val_map": merge["map_50_95"]}
+        found["ap"] = dict(zip(result["class_names"], merge["ap"], strict=True))
+        self.history.append(found)
+        if logs is not None:
+            logs["val_map50"] = np.nan if merge["map"] is None else merge["map"]
+            logs["val_map"] = np.nan if merge["map_50_95"] is None else merge["map_50_95"]
+        improved = merge["map"] is not None and merge["map"] > self.best
+        if improved:
+            self.best = merge["map"]
+            if self.best_path is not None:
+                with atomic.atomic_path(self.best_path) as tmp:
+                    detector.save(tmp)
+        if self.verbose:
+            self._print(found, result["examples"], improved)
+
+    def _print(self, found: dict[str, Any], images: int, improved: bool) -> None:
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        kept = f", best so far: saved {self.best_path}" if improved and self.best_path else ""
+        lines = [
+            f"Epoch {found['epoch']}: {self.split} ({images} images) mAP@0.5 "
+            f"{fmt(found['val_map50'])}, mAP@[.5:.95] {fmt(found['val_map'])}{kept}",
+            "| class | AP@0.5 |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {fmt(ap)} |" for name, ap in found["ap"].items()]
+        print("\n".join(lines), flush=True)
 
 
 def fit_callbacks(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from overfeat_tf.data import inputs as data
 from overfeat_tf.models.backbone import PAPER_INITIALIZER
+from overfeat_tf.models.losses import BOX_LOSSES
 from overfeat_tf.training import precision
 from overfeat_tf.training.distribute import STRATEGIES
-from overfeat_tf.training.losses import BOX_LOSSES
 from overfeat_tf.training.tasks import TASKS as SPATIAL_TASKS
 
 INITS = {"paper": PAPER_INITIALIZER, "he_normal": "he_normal"}

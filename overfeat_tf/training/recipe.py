@@ -41,6 +41,7 @@ import keras
 
 from overfeat_tf.architecture.config import model_config
 from overfeat_tf.models.backbone import OverFeat, adaptation_names, backbone_of, load_model
+from overfeat_tf.models.detector import OverFeatDetector
 from overfeat_tf.training import precision, tasks
 from overfeat_tf.training.config import INITS, TrainConfig
 from overfeat_tf.training.distribute import CropTrainer
@@ -328,13 +329,19 @@ def build_task_model(config: TrainConfig, class_names: list[str]) -> OverFeat:
     return model
 
 
-def compile_task_model(model: OverFeat, config: TrainConfig, steps_per_epoch: int) -> OverFeat:
-    """Compile a spatial task's model: SGD (+ global norm clipping, `config.clipnorm`) and
-    weight decay on its trainable layers, the task's losses (`tasks.task_losses`,
-    `config.box_loss` for "localize")."""
+def compile_task_model(
+    model: OverFeat, config: TrainConfig, steps_per_epoch: int
+) -> OverFeatDetector:
+    """The compiled trainer of a spatial task: an `OverFeatDetector` of `model`, compiled for
+    `config.task` (`OverFeatDetector.compile`: the task's trainable layers and losses,
+    `config.box_loss` for "localize") with SGD (+ global norm clipping, `config.clipnorm`)
+    and weight decay on its trainable layers; `config.freeze_up_to` applied after."""
     add_weight_decay(model, config.weight_decay)
-    model.compile(
+    detector = OverFeatDetector(model)
+    detector.compile(
         optimizer=_optimizer(config, steps_per_epoch),
-        loss=tasks.task_losses(config.task, model, config.box_loss),
+        task=config.task,
+        box_loss=config.box_loss,
     )
-    return model
+    freeze(model, config.freeze_up_to)
+    return detector

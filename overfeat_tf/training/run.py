@@ -158,8 +158,8 @@ def _build_trainer(
     config: TrainConfig, strategy: tf.distribute.Strategy, class_names: list[str], steps: int
 ) -> tuple[OverFeat, keras.Model]:
     """Seed, then build and compile under the strategy's scope: the `OverFeat` model the run
-    saves, and the compiled model `fit` trains (its crop model for "classify", the model
-    itself for "detect" / "localize")."""
+    saves, and the compiled model `fit` trains (its crop model for "classify", an
+    `OverFeatDetector` of it for "detect" / "localize")."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         if config.task == "classify":
@@ -172,28 +172,26 @@ def _build_trainer(
 def _train_input(
     config: TrainConfig,
     source: str | tf.data.Dataset,
-    num_classes: int,
     initial_epoch: int,
     counter: data.CorruptRecordCounter,
-    model: keras.Model,
     context: tf.distribute.InputContext,
 ) -> tf.data.Dataset:
     """One input pipeline's training batches: crops and labels ("classify"), or images and
-    the targets of `model`'s outputs (detect / localize)."""
+    their boxes and labels (detect / localize: the detector's train step makes the
+    targets)."""
     seed = config.seed + 7919 * initial_epoch  # a resumed run does not replay epoch 0
     if config.task != "classify":
         return spatial.spatial_dataset(
             source,
             config.split,
             model_config(config.model),
-            num_classes,
             config.batch_size,
             train_size=config.train_size,
             data_dir=config.data_dir,
             seed=seed,
             counter=counter,
             input_context=context,
-        ).map(lambda image, targets: (image, {k: targets[k] for k in model.output_names}))
+        )
     return data.training_dataset(
         source,
         config.split,
@@ -231,17 +229,14 @@ def _distributed_inputs(
     config: TrainConfig,
     run: _Run,
     source: str | tf.data.Dataset,
-    num_classes: int,
     counter: data.CorruptRecordCounter,
-    model: keras.Model,
 ) -> tuple[Any, Any]:
-    """The distributed training and validation (None without `val_split`) datasets."""
+    """The distributed training and validation datasets (None without `val_split`, or for
+    detect / localize, whose validation is `callbacks.DetectionMAP`)."""
     # Each worker builds its own shard of the pipeline (no auto-sharding of TFDS files).
-    train_fn = functools.partial(
-        _train_input, config, source, num_classes, run.initial_epoch, counter, model
-    )
+    train_fn = functools.partial(_train_input, config, source, run.initial_epoch, counter)
     train_data = run.strategy.distribute_datasets_from_function(train_fn)
-    if not config.val_split:
+    if not config.val_split or config.task != "classify":
         return train_data, None
     val_fn = functools.partial(_val_input, config, source)
     return train_data, run.strategy.distribute_datasets_from_function(val_fn)
@@ -254,11 +249,18 @@ def _fit(
     inputs: tuple[Any, Any],
     steps: int,
     counter: data.CorruptRecordCounter,
+    source: str | tf.data.Dataset,
 ) -> tuple[keras.callbacks.History, callbacks.TimeLimit | None]:
-    """Write `train_config.json` (chief only) and run `fit` with the run's callbacks."""
+    """Write `train_config.json` (chief only) and run `fit` with the run's callbacks: for
+    detect / localize with a `val_split`, first `callbacks.DetectionMAP` on it every epoch
+    (the best detector kept in `<output>/best.keras`)."""
     callback_list, timer = callbacks.fit_callbacks(
         run.output, run.initial_epoch, counter, config.time_limit
     )
+    if config.val_split and config.task != "classify" and run.chief:
+        best = run.output / "best.keras"
+        mean_ap = callbacks.DetectionMAP(source, config.val_split, config.data_dir, best_path=best)
+        callback_list.insert(2, mean_ap)  # after the divergence check, before any save
     if run.chief:
         atomic.write_json(run.output / "train_config.json", dataclasses.asdict(config))
     train_data, val_data = inputs
@@ -327,17 +329,13 @@ def train(
     run = _prepare_run(config)
     names, examples, source = _training_source(config, dataset, class_names)
     steps = _steps_per_epoch(config, examples)
-    if config.task != "classify" and config.val_split:
-        raise ValueError(
-            f"--val-split evaluates crops: it is for --task classify, not {config.task}."
-        )
     counter = data.CorruptRecordCounter()
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision.resolve_precision(config.mixed_precision))
     try:
         model, trained = _build_trainer(config, run.strategy, names, steps)
-        inputs = _distributed_inputs(config, run, source, len(names), counter, model)
-        history, timer = _fit(config, run, trained, inputs, steps, counter)
+        inputs = _distributed_inputs(config, run, source, counter)
+        history, timer = _fit(config, run, trained, inputs, steps, counter, source)
         # Only the chief writes the model (workers hold the same weights).
         spatial = config.task != "classify"  # detect / localize save an OverFeatDetector
         model_path = save_model(model, run.output / "model.keras", spatial) if run.chief else None

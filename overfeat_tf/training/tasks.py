@@ -1,12 +1,11 @@
-"""The spatial training tasks' models and losses (paper §4.2, §5): what `train.py --task
+"""The spatial training tasks' models (paper §4.2, §5): what `train.py --task
 detect|localize` trains, from a classifier or detector.
 
 - `task_model`: the trainable model of a task: detect fine-tunes trunk and classifier with a
   background class; localize freezes the trunk and classifier and trains the regressor.
 - `init_window_regressor`: a new regressor starts by predicting its window, so the first
   steps on real photos stay small.
-- `task_losses`: the task's Keras losses (`training.losses`) on the targets of
-  `data.spatial.spatial_targets`.
+- the task's losses and trainable layers: `OverFeatDetector.compile(task=...)`.
 
 Task order that keeps every head consistent with the trunk it reads:
 classify -> detect (fine-tunes trunk and classifier with the background class) -> localize
@@ -21,9 +20,9 @@ import keras
 import numpy as np
 
 from overfeat_tf.models.backbone import OverFeat
-from overfeat_tf.training.losses import MinedDetectionLoss, WindowBoxLoss
+from overfeat_tf.models.detector import TASKS
 
-TASKS = ("localize", "detect")
+__all__ = ["REG_OUT_STDDEV", "TASKS", "init_window_regressor", "task_model"]
 REG_OUT_STDDEV = 1e-3  # a fresh regressor's last layer: N(0, 1e-3) kernel, window bias
 
 
@@ -37,10 +36,11 @@ def task_model(
     """The model a spatial task trains, from a trained one (weights copied by layer name).
 
     detect: adds the background class (fc8 gets one more output: the object classes'
-    weights are kept, background starts at zero) and keeps any regressor; the regressor is
-    frozen, everything else trains. localize: adds a regressor (`regressor` kind) if the
-    model has none, initialized by `kernel_initializer` (default: the model's) with its
-    last layer predicting the window (`init_window_regressor`); only the regressor trains.
+    weights are kept, background starts at zero) and keeps any regressor. localize: adds a
+    regressor (`regressor` kind) if the model has none, initialized by `kernel_initializer`
+    (default: the model's) with its last layer predicting the window
+    (`init_window_regressor`). Which layers train is the task's `OverFeatDetector.compile`
+    (detect: all but the regressor; localize: only the regressor).
     The model's adaptation layers (`OverFeat(adaptation=...)`) are kept.
     """
     if task not in TASKS:
@@ -71,9 +71,6 @@ def task_model(
         target.set_weights(values)
     if kind and not model.regressor:
         init_window_regressor(new)
-    for layer in new.layers:
-        regression = layer.name.startswith("reg_")
-        layer.trainable = regression if task == "localize" else not regression
     return new
 
 
@@ -85,17 +82,3 @@ def init_window_regressor(model: OverFeat, seed: int | None = None) -> None:
     kernel.assign(keras.random.normal(kernel.shape, stddev=REG_OUT_STDDEV, seed=seed))
     boxes = layer.bias.shape[0] // 4
     layer.bias.assign(np.tile(np.array([0.0, 0.0, 1.0, 1.0], "float32"), boxes))
-
-
-def task_losses(
-    task: str, model: OverFeat, box_loss: str = "smooth_l1", **mining: Any
-) -> dict[str, keras.losses.Loss | None]:
-    """The `compile` losses of a task, one per output of `model` (None: not trained);
-    `box_loss` is the `WindowBoxLoss` kind of "localize" ("smooth_l1" or "l2")."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-    losses = {
-        "class_logits": MinedDetectionLoss(**mining) if task == "detect" else None,
-        "box_deltas": WindowBoxLoss(box_loss) if task == "localize" else None,
-    }
-    return {name: losses[name] for name in model.output_names}

@@ -1,5 +1,5 @@
-"""Train OverFeat on any TFDS dataset: classification (paper §3.1), then detection (§5)
-and localization (§4.2).
+"""Train OverFeat on any TFDS dataset or your own files: classification (paper §3.1), then
+detection (§5) and localization (§4.2).
 
 Usage:
     python train.py --model tiny                   # the main job (--task all, below)
@@ -13,6 +13,13 @@ Usage:
     python train.py --model fast --task detect --init-model fast-imagenet.keras --dataset voc/2007
     python train.py --model fast --init-model fast-imagenet.keras --dataset my_photos \
         --adaptation-layers 1 --freeze-up-to fc7        # Oquab et al.: train FCa + fc8 only
+    # your own files: a COCO .json (--images DIR: its images' folder when not beside it), a
+    # Pascal VOC folder (Annotations/, JPEGImages/) or a folder of class folders; --val-split
+    # 0.1 holds out the last 10% of --split (train[:90%] / train[90%:])
+    python train.py --model tiny --task classify --dataset labels.json --images photos/ \
+        --val-split 0.1 --output runs/mine
+    python train.py --model tiny --task detect --dataset labels.json --images photos/ \
+        --init-model runs/mine/model.keras --output runs/mine-det
 
 The main job (--task all; the default for tiny): classify -> detect -> localize on the
 generated overfeat_shapes/standard with tiny's recipe (overfeat_tf.main_job.TINY_RECIPE),
@@ -22,6 +29,12 @@ pictures and prints a short report (--format json: one JSON object). Outputs in 
 same command after a crash: finished stages are skipped, the interrupted one resumes. Its
 flags: --model, --dataset, --data-dir, --output, --max-examples, --pictures,
 --mixed-precision, --seed, --verbose, --format; recipe flags belong to single stages.
+
+Datasets from files (overfeat_tf/data/files.py): COCO boxes of crowds and VOC objects marked
+difficult are left out, boxes at most 1 px outside their image clipped and boxes of zero
+size left out; what was left out is printed in one line (and is "skipped" in --format json).
+Bad annotations (a missing image, an unknown category, a box outside its image, ...) stop
+the run before training with a message naming the file.
 
 Transfer: --init-model may have any label set. With the dataset's classes (same names, same
 order) and no transfer flags, every layer is copied (fc8 too); otherwise the layers up to
@@ -160,12 +173,22 @@ def _data_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) 
     p.add_argument(
         "--dataset",
         default=None,
-        help="TFDS name, e.g. imagenet2012, overfeat_shapes/standard "
-        f"(default: {training.DEFAULT_DATASETS})",
+        metavar="NAME|PATH",
+        help=f"{cli.DATASET_HELP} (default: {training.DEFAULT_DATASETS})",
     )
-    p.add_argument("--split", default=defaults.split)
-    p.add_argument("--val-split", default=None, help="split to evaluate after every epoch")
-    p.add_argument("--data-dir", default=None, help="TFDS data dir (default ~/tensorflow_datasets)")
+    p.add_argument(
+        "--split",
+        default=defaults.split,
+        help="the training split, or a TFDS slice of one (train[:90%%], train[:100])",
+    )
+    p.add_argument(
+        "--val-split",
+        default=None,
+        help="split (or slice) evaluated after every epoch (classify); a number in (0, 1) "
+        "holds out that fraction of --split: 0.1 trains on <split>[:90%%] and validates on "
+        "<split>[90%%:]",
+    )
+    cli.add_data_dir_arguments(p)
     p.add_argument("--output", default=None, help="run directory (default runs/<model>)")
 
 
@@ -305,10 +328,15 @@ def job_from_args(args: argparse.Namespace) -> main_job.MainJob:
 
 def main(args: argparse.Namespace) -> dict:
     if args.task == "all":
-        result = main_job.run(job_from_args(args))
+        job = job_from_args(args)
+        notes = cli.report_file_dataset(job.dataset_name, job.data_dir)
+        result = {**main_job.run(job), **(notes or {})}
         cli.print_result(result, args.format, main_job.format_report)
         return result
-    result = training.train(config_from_args(args))
+    config = config_from_args(args)
+    # a path dataset: its annotations checked, what it leaves out said, before training
+    notes = cli.report_file_dataset(config.dataset_name, config.data_dir)
+    result = {**training.train(config), **(notes or {})}
     cli.print_result(result, args.format, training.summary_line)
     return result
 

@@ -49,6 +49,7 @@ from benchmarks.common import (
     tiny_recipe_fields,
     write_section,
 )
+from overfeat_tf import cli
 from overfeat_tf.data import tfds_io
 from overfeat_tf.evaluation import classification as evaluation
 from overfeat_tf.ops.pyramid import parse_scales
@@ -67,8 +68,10 @@ RUNS_HEADER = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="overfeat_shapes/standard")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--dataset", default="overfeat_shapes/standard", metavar="NAME|PATH", help=cli.DATASET_HELP
+    )
+    cli.add_data_dir_arguments(p)
     p.add_argument("--output", default=None, help="run directory (default: a temporary one)")
     p.add_argument("--train-minutes", type=float, default=15.0)
     p.add_argument("--epochs", type=int, default=48)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import machine, write_section
+from overfeat_tf import cli
 from overfeat_tf.evaluation import detection as detection_eval
 from overfeat_tf.models import decoders as dec
 from overfeat_tf.models.backbone import load_model
@@ -381,8 +382,10 @@ then each decoder alone on them.
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--model", required=True, help="a trained detector (.keras)")
-    p.add_argument("--dataset", default="overfeat_shapes/standard")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--dataset", default="overfeat_shapes/standard", metavar="NAME|PATH", help=cli.DATASET_HELP
+    )
+    cli.add_data_dir_arguments(p)
     p.add_argument("--val-split", default="validation")
     p.add_argument("--test-split", default="test")
     p.add_argument("--val-examples", type=int, default=300)

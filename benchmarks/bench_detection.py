@@ -42,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, write_section
+from overfeat_tf import cli
 from overfeat_tf.data import tfds_io
 from overfeat_tf.evaluation import detection as detection_eval
 from overfeat_tf.models.backbone import load_model
@@ -63,8 +64,10 @@ MAP_TARGET = 0.6
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="overfeat_shapes/standard")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--dataset", default="overfeat_shapes/standard", metavar="NAME|PATH", help=cli.DATASET_HELP
+    )
+    cli.add_data_dir_arguments(p)
     p.add_argument("--output", default=None, help="run directory (default: a temporary one)")
     p.add_argument("--skip-training", action="store_true", help="evaluate --model only")
     p.add_argument(

@@ -52,6 +52,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks.common import add_tiny_recipe_arguments, machine, tiny_recipe_fields, write_section
+from overfeat_tf import cli
 from overfeat_tf.data import inputs as data
 from overfeat_tf.data import tfds_io
 from overfeat_tf.evaluation import classification as evaluation
@@ -180,8 +181,10 @@ def load_splits(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="overfeat_shapes/standard")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--dataset", default="overfeat_shapes/standard", metavar="NAME|PATH", help=cli.DATASET_HELP
+    )
+    cli.add_data_dir_arguments(p)
     p.add_argument("--output", default=None, help="run directory (default: a temporary one)")
     p.add_argument("--source-classes", default="0-5")
     p.add_argument("--target-classes", default="6-11")

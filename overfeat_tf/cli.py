@@ -9,7 +9,10 @@ Nothing below the commands imports this module. Shared flags:
 
 - `--model PATH`: a `.keras` model written by train.py / convert (an export directory where
   a command also takes one);
-- `--dataset NAME`, `--split`, `--data-dir`: a TFDS dataset (`overfeat_shapes/standard`);
+- `--dataset NAME|PATH`, `--split`, `--data-dir` / `--images`: a TFDS dataset
+  (`overfeat_shapes/standard`) or one read from files (a COCO .json, a Pascal VOC folder, a
+  folder of class folders: `overfeat_tf.data.files`), whose images folder `--images` gives
+  (it travels as `data_dir`);
 - `--max-examples N`: use only the first N examples of the split;
 - `--scales 245,281x317`: pyramid scales, short sides or `HxW`, comma-separated;
 - `--format text|json`: a readable report (default) or one JSON object.
@@ -25,6 +28,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 FORMATS = ("text", "json")
+
+# the dataset flags' -h texts (train.py and the benchmarks use them too); argparse formats
+# help with %, hence "%%"
+DATASET_HELP = (
+    "a TFDS name (overfeat_shapes/standard, voc/2007) or a path: a COCO .json, a Pascal VOC "
+    "folder (with Annotations/), or a folder of class folders (<class>/<image> or "
+    "<split>/<class>/<image>)"
+)
+SPLIT_HELP = "a split, or a TFDS slice of one (train[:90%%], train[90%%:], train[:100])"
+DATA_DIR_HELP = (
+    "TFDS data directory (default ~/tensorflow_datasets); for a path --dataset, its images "
+    "folder (as --images)"
+)
+IMAGES_HELP = (
+    "for a path --dataset: the folder of the images of a COCO .json (default: beside it, or "
+    "its images/ folder) or of a VOC folder (default JPEGImages/); passed on as data_dir"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,19 +183,22 @@ def command_parser(prog: str, description: str, model_help: str = MODEL_HELP) ->
     return parser
 
 
+def add_data_dir_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """`--data-dir DIR` or `--images DIR` (one of them; both set `data_dir`): TFDS' data
+    directory for a TFDS name, the images folder for a path dataset."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--data-dir", dest="data_dir", default=None, help=DATA_DIR_HELP)
+    group.add_argument("--images", dest="data_dir", metavar="DIR", default=None, help=IMAGES_HELP)
+
+
 def add_dataset_arguments(
     parser: argparse.ArgumentParser, split: str = "test", required: bool = True
 ) -> None:
-    """`--dataset`, `--split`, `--data-dir` and `--max-examples`."""
-    parser.add_argument(
-        "--dataset",
-        required=required,
-        help="TFDS name, e.g. overfeat_shapes/standard or voc/2007",
-    )
-    parser.add_argument("--split", default=split, help=f"split to use (default: {split})")
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data directory (default: ~/tensorflow_datasets)"
-    )
+    """`--dataset` (a TFDS name or a path), `--split`, `--data-dir` / `--images` and
+    `--max-examples`."""
+    parser.add_argument("--dataset", required=required, metavar="NAME|PATH", help=DATASET_HELP)
+    parser.add_argument("--split", default=split, help=f"{SPLIT_HELP} (default: {split})")
+    add_data_dir_arguments(parser)
     parser.add_argument(
         "--max-examples",
         type=int,
@@ -183,6 +206,22 @@ def add_dataset_arguments(
         metavar="N",
         help="use only the first N examples of the split (default: all)",
     )
+
+
+def report_file_dataset(dataset: Any, data_dir: str | None = None) -> dict[str, Any] | None:
+    """For a dataset read from files (`tfds_io.is_file_dataset`): open it (its annotations are
+    checked: a `ValueError` names what is wrong), print what it left out or clipped in one
+    line on stderr, and return `{"skipped": {what: count}, "clipped_boxes": n}` for the
+    command's result. None for a TFDS name (nothing is opened)."""
+    from overfeat_tf.data import files, tfds_io
+
+    if not tfds_io.is_file_dataset(dataset):
+        return None
+    opened = tfds_io.load_builder(dataset, data_dir)
+    line = files.skipped_line(opened)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    return {"skipped": dict(opened.skipped), "clipped_boxes": opened.clipped_boxes}
 
 
 def add_format_argument(parser: argparse.ArgumentParser) -> None:

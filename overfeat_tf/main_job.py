@@ -236,7 +236,10 @@ def _eval_split(job: MainJob, splits: dict[str, int]) -> str:
     if "validation" in splits:
         return "validation"
     raise ValueError(
-        f"{job.dataset_name} has no {job.eval_split!r} split (it has {sorted(splits)})."
+        f"{job.dataset_name} has no {job.eval_split!r} or 'validation' split to evaluate on "
+        f"(it has {sorted(splits)}). Run the stages one by one instead (--task classify, "
+        "detect, localize, e.g. with --split train[:90%]) and evaluate with "
+        "python -m overfeat_tf.detection_eval (e.g. --split train[90%:])."
     )
 
 
@@ -338,9 +341,9 @@ def run(job: MainJob) -> dict[str, Any]:
         f"(compute: {policy}; {precision.describe_cpu()})"
     )
     prepared = prepare_dataset(job)
+    split = _eval_split(job, prepared["splits"])  # before training: a missing split fails fast
     stages = train_stages(job)
     detector, model_path = final_detector(job, stages[-1]["model_path"])
-    split = _eval_split(job, prepared["splits"])
     evaluated = evaluate(job, detector, split)
     exported = export(job, detector)
     curves = training_curves(job)

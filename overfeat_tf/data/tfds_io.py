@@ -1,14 +1,20 @@
-"""TFDS as the data source: builders by name, ImageNet's manual files, sharded raw splits.
+"""TFDS as the data source: builders by name, ImageNet's manual files, sharded raw splits;
+datasets from files (`overfeat_tf.data.files`) wherever a TFDS name is taken.
 
-    name ("overfeat_shapes/small", "imagenet2012", ...)
+    name ("overfeat_shapes/small", "imagenet2012", ...) or path ("labels.json", "VOC2007/")
       -> `load_builder`: prepared TFDS builder (generated datasets made on the spot;
-         imagenet2012's manual tars checked first, with a `ValueError` saying where they go)
+         imagenet2012's manual tars checked first, with a `ValueError` saying where they go),
+         or for a path (`is_file_dataset`) a `files.FileDataset` with the same interface
       -> `raw_split`: examples with the image left ENCODED (`image` string, `label` and/or
          `objects` {bbox yxyx normalized, label}), this input pipeline's shard
       -> `overfeat_tf.data.inputs` decodes, crops and batches them.
 
 ImageNet: TFDS' `imagenet2012` needs the ILSVRC2012 tars downloaded by hand; without them
 `load_builder` raises a `ValueError` that says where they go (checked before calling TFDS).
+
+Paths: a COCO `.json`, a Pascal VOC folder or a folder of class folders
+(`overfeat_tf.data.files`); their records are the same as a TFDS dataset's, and `data_dir`
+means their images folder (COCO, VOC), not TFDS' data directory.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from overfeat_tf.data import files
 
 IMAGENET = "imagenet2012"
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
@@ -79,19 +87,65 @@ def _base_name(name: str) -> str:
     return name.split("/")[0].split(":")[0]
 
 
+def is_registered(name: str) -> bool:
+    """Whether TFDS knows the dataset of `name` ("voc/2007:5.0.0" -> "voc"), the generated
+    `overfeat_shapes` included."""
+    _register_generated_datasets()
+    try:
+        tfds.builder_cls(_base_name(name))
+    except (tfds.core.registered.DatasetNotFoundError, ValueError):
+        return False
+    return True
+
+
+def is_file_dataset(name: Any) -> bool:
+    """Whether a dataset argument is a path to files (`overfeat_tf.data.files`) rather than a
+    TFDS name: the one place that decides.
+
+    A path: an `os.PathLike`; a string ending in ".json"; a string that exists on disk (a
+    folder "mnist" in the working directory is that folder; a TFDS data directory is not
+    meant to be the working directory); one starting with "/", "./", "../" or "~"; one
+    containing a path separator whose first part TFDS does not know ("photos/cats" is a
+    path, "voc/2007" a TFDS name). Anything else (a `tf.data.Dataset`, "imagenet2012") is not.
+    """
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str) or not name:
+        return False
+    if name.lower().endswith(".json") or name.startswith(("/", "./", "../", "~")):
+        return True
+    if os.path.exists(name):
+        return True
+    separators = [s for s in (os.sep, os.altsep) if s]
+    return any(s in name for s in separators) and not is_registered(name)
+
+
 def load_builder(
-    name: str,
+    name: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     manual_dir: str | os.PathLike | None = None,
     splits: tuple[str, ...] = ("train", "validation"),
-) -> tfds.core.DatasetBuilder:
-    """A prepared TFDS builder for `name` (e.g. "overfeat_shapes/small", "imagenet2012").
+) -> tfds.core.DatasetBuilder | files.FileDataset:
+    """A prepared TFDS builder for `name` (e.g. "overfeat_shapes/small", "imagenet2012"),
+    or for a path (`is_file_dataset`) a `files.FileDataset` (the same interface:
+    `.name`, `.info.features`, `.info.splits`, `.as_dataset`), whose images folder is
+    `data_dir` (COCO, VOC; `files.open_dataset`).
 
     Prepares the dataset if needed (`download`): generated datasets are made on the spot;
     `imagenet2012` needs its manual tars in `manual_dir` (default
     `<data_dir>/downloads/manual`), checked first with a clear `ValueError`.
     """
+    if is_file_dataset(name):
+        try:
+            return files.open_dataset(name, data_dir)
+        except ValueError as error:
+            if isinstance(name, str) and os.path.exists(name) and is_registered(name):
+                raise ValueError(
+                    f"{error} ({name!r} is also a TFDS name; it was read as the path that "
+                    "exists here: run from another folder to mean the TFDS dataset.)"
+                ) from None
+            raise
     _register_generated_datasets()
     data_dir = str(default_data_dir(data_dir))
     builder = tfds.builder(name, data_dir=data_dir)
@@ -111,8 +165,8 @@ def load_builder(
     return builder
 
 
-def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
-    """The class names of a TFDS dataset (classification `label` or detection
+def class_names(builder: tfds.core.DatasetBuilder | files.FileDataset) -> list[str]:
+    """The class names of a TFDS (or file) dataset (classification `label` or detection
     `objects/label`, both `ClassLabel` features)."""
     features = builder.info.features
     if "label" in features:
@@ -128,8 +182,9 @@ def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
     return list(feature.names)
 
 
-def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    """Number of examples in a split (as TFDS counts them, corrupt ones included)."""
+def num_examples(builder: tfds.core.DatasetBuilder | files.FileDataset, split: str) -> int:
+    """Number of examples in a split or split spec ("train[:90%]"), as TFDS counts them
+    (corrupt ones included)."""
     return int(builder.info.splits[split].num_examples)
 
 
@@ -160,7 +215,10 @@ def raw_split(
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Examples of a split with the image left encoded: dicts with `image` (string) and
-    `label` and/or `objects`. A `tf.data.Dataset` of such dicts passes through.
+    `label` and/or `objects` (`bbox` float32 `[N, 4]` yxyx normalized, `label` int64 `[N]`).
+    `name_or_dataset`: a TFDS name, a path (`is_file_dataset`: `data_dir` is then its images
+    folder) or a `tf.data.Dataset` of such dicts, which passes through. `split`: a split or
+    a TFDS split spec ("train[:90%]").
 
     With an `input_context` of several input pipelines (multi-worker training), this
     pipeline's share: whole TFRecord files when the split has at least one file per

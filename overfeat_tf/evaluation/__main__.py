@@ -1,9 +1,11 @@
 """The multi-scale classification evaluation command (paper Table 2):
 
-    python -m overfeat_tf.evaluation --model X.keras --dataset NAME --split test \
+    python -m overfeat_tf.evaluation --model X.keras --dataset NAME|PATH --split test \
         [--scales 245,281x317]
 
 prints the table of `evaluation.classification.evaluate` (`--format json`: one JSON object).
+--dataset is a TFDS name or a path (a COCO .json, a Pascal VOC folder, a folder of class
+folders; `overfeat_tf.data.files`), whose images folder --images gives.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    notes = cli.report_file_dataset(args.dataset, args.data_dir)  # checked before the model
     model = load_model(args.model)
     result = evaluate(
         model,
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_examples=args.max_examples,
         progress=args.format == "text",
     )
+    if notes is not None:
+        result = {**result, **notes}
     cli.print_result(result, args.format, format_report)
     return result
 

@@ -4,6 +4,8 @@ per-task defaults and the checks that reject a bad combination before anything r
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from pathlib import Path
 
 from overfeat_tf.data import inputs as data
@@ -55,6 +57,37 @@ def check_transfer_settings(config: TrainConfig) -> list[tuple[bool, str]]:
     ]
 
 
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def holdout_splits(split: str, val_split: str | float | None) -> tuple[str, str | None]:
+    """The (training, validation) splits of a run: `val_split` as it is, or a number in
+    (0, 1) holds out that fraction at the end of `split` (`("train", 0.1)` ->
+    `("train[:90%]", "train[90%:]")`, TFDS slices: TFDS and file datasets alike).
+
+    Raises `ValueError` for a number outside (0, 1), or a fraction of a `split` that is
+    already a slice or a union ("train[:50%]", "train+validation").
+    """
+    if val_split is None or isinstance(val_split, bool):
+        return split, val_split
+    if isinstance(val_split, str) and not _NUMBER.match(val_split):
+        return split, val_split  # a split name or spec
+    fraction = float(val_split)
+    if not (math.isfinite(fraction) and 0 < fraction < 1):
+        raise ValueError(
+            f"--val-split {val_split}: a number is the fraction of --split held out for "
+            "validation, in (0, 1) (e.g. 0.1); or give a split name or slice."
+        )
+    if any(c in split for c in "[]+"):
+        raise ValueError(
+            f"--val-split {val_split} holds out a fraction of --split, which must then be "
+            f"a split name, not {split!r}; or give --val-split a slice, e.g. "
+            "--split train[:80%] --val-split train[80%:90%]."
+        )
+    kept = f"{round(100 * (1 - fraction), 6):g}%"
+    return f"{split}[:{kept}]", f"{split}[{kept}:]"
+
+
 # STRATEGIES, INITS, TASK_DEFAULTS and initial_model are also re-exported: train.py, the
 # benchmarks and tests/test_precision.py use them as `training.X`.
 MODELS = ("fast", "accurate", "tiny")
@@ -94,11 +127,16 @@ class TrainConfig:
             bounded gradients) or "l2" (the paper's); see `losses.WindowBoxLoss`.
         train_size: side of the spatial tasks' training images (None: crop + 4 fine
             strides, a 5x5 output map).
-        dataset: TFDS name (e.g. "imagenet2012", "overfeat_shapes/standard"); None: the
-            model's default (`DEFAULT_DATASETS`).
-        split: training split.
-        val_split: optional split evaluated (central crop) after every epoch.
-        data_dir: TFDS data directory (None: TFDS' default, ~/tensorflow_datasets).
+        dataset: TFDS name (e.g. "imagenet2012", "overfeat_shapes/standard") or a path (a
+            COCO .json, a Pascal VOC folder, a folder of class folders:
+            `overfeat_tf.data.files`); None: the model's default (`DEFAULT_DATASETS`).
+        split: training split, or a TFDS slice of one ("train[:90%]").
+        val_split: optional split (or slice) evaluated (central crop) after every epoch; a
+            number in (0, 1) (or its string, "0.1") holds out that fraction at the end of
+            `split`: `split` becomes "<split>[:90%]" and `val_split` "<split>[90%:]"
+            (`holdout_splits`, in `__post_init__`).
+        data_dir: TFDS data directory (None: TFDS' default, ~/tensorflow_datasets); for a
+            path `dataset`, its images folder (`files.open_dataset`'s `images`).
         output: run directory (checkpoints, backup, logs, model.keras).
         epochs: number of epochs (the schedule's last halving is after epoch 80).
         steps_per_epoch: batches per epoch; None: examples in the split // batch size.
@@ -142,7 +180,7 @@ class TrainConfig:
     train_size: int | None = None
     dataset: str | None = None
     split: str = "train"
-    val_split: str | None = None
+    val_split: str | float | None = None
     data_dir: str | None = None
     output: str | None = None
     epochs: int = 90
@@ -167,6 +205,7 @@ class TrainConfig:
     verbose: str | int = "auto"
 
     def __post_init__(self) -> None:
+        self.split, self.val_split = holdout_splits(self.split, self.val_split)
         defaults = TASK_DEFAULTS.get(self.task, {})
         if self.learning_rate is None:
             self.learning_rate = defaults.get("learning_rate", 5e-2)

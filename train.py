@@ -19,7 +19,7 @@ Usage:
     python train.py --model tiny --task classify --dataset labels.json --images photos/ \
         --val-split 0.1 --output runs/mine
     python train.py --model tiny --task detect --dataset labels.json --images photos/ \
-        --init-model runs/mine/model.keras --output runs/mine-det
+        --init-model runs/mine/model.keras --val-split 0.1 --output runs/mine-det
 
 The main job (--task all; the default for tiny): classify -> detect -> localize on the
 generated overfeat_shapes/standard with tiny's recipe (overfeat_tf.main_job.TINY_RECIPE),
@@ -184,9 +184,10 @@ def _data_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) 
     p.add_argument(
         "--val-split",
         default=None,
-        help="split (or slice) evaluated after every epoch (classify); a number in (0, 1) "
-        "holds out that fraction of --split: 0.1 trains on <split>[:90%%] and validates on "
-        "<split>[90%%:]",
+        help="split (or slice) evaluated after every epoch: crop accuracy (classify), COCO "
+        "mAP with the best detector kept in <output>/best.keras (detect, localize); a number "
+        "in (0, 1) holds out that fraction of --split: 0.1 trains on <split>[:90%%] and "
+        "validates on <split>[90%%:]",
     )
     cli.add_data_dir_arguments(p)
     p.add_argument("--output", default=None, help="run directory (default runs/<model>)")

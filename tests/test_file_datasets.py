@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import skimage.data
@@ -17,9 +18,13 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import train
-from overfeat_tf.data import files, tfds_io
+from overfeat_tf.architecture.config import TINY
+from overfeat_tf.data import files, spatial, tfds_io
 from overfeat_tf.data import inputs as data
 from overfeat_tf.evaluation import detection as detection_eval
+from overfeat_tf.models.backbone import OverFeat
+from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.training.callbacks import DetectionMAP
 from overfeat_tf.training.config import TrainConfig, holdout_splits
 
 # file name -> (photo, hand-drawn objects: (class, x, y, width, height) in px). camera is a
@@ -516,3 +521,20 @@ def test_train_py_classifies_and_detects_from_each_format(
             capsys, "--task", "detect", "--dataset", str(dataset), "--train-size", "231",
             "--init-model", str(runs / name / "model.keras"), "--output", str(runs / f"{name}-det"),
         )  # fmt: skip
+
+
+def test_detector_fit_trains_from_coco_and_voc_files(tmp_path: Path, photos: Path, coco_json):
+    """The notebook route: `spatial_dataset` of a path -> `detector.fit`, with the mAP
+    callback on a held-out slice of the same files."""
+    voc = _make_voc(tmp_path / "voc", photos, VOC_SETS)
+    for dataset in (coco_json, voc):
+        names = tfds_io.class_names(tfds_io.load_builder(str(dataset)))
+        net = OverFeat("tiny", class_names=names, background=True, regressor="class_specific")
+        detector = OverFeatDetector(net, scales=(231,), max_boxes=200)
+        detector.compile(optimizer=keras.optimizers.SGD(1e-3), task="detect")
+        batches = spatial.spatial_dataset(str(dataset), "train[:60%]", TINY, 2, train_size=231)
+        callback = DetectionMAP(str(dataset), "train[60%:]", verbose=0)
+        history = detector.fit(batches, epochs=1, steps_per_epoch=1, callbacks=[callback])
+        assert np.isfinite(history.history["loss"]).all()
+        assert 0 <= callback.history[0]["val_map50"] <= 1
+        assert set(callback.history[0]["ap"]) == set(names)

@@ -370,16 +370,43 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     """`keras.models.load_model` of an overfeat_tf `.keras` file (an `OverFeat` network or an
     `OverFeatDetector`; safe_mode on), with errors that say what is wrong.
 
+    A `.keras` file is a zip archive: one that is empty, not a zip, or starts like a zip but
+    has no end (its table of contents is at the end: a truncated copy), or whose contents
+    fail their checksums, is reported as "corrupt or truncated" (not as Keras' misleading
+    "File not found").
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a Keras model file, or a Keras model that is not overfeat_tf's.
+        ValueError: a corrupt or truncated file, not a Keras model file, or a Keras model
+            that is not overfeat_tf's.
     """
+    import zipfile
+    import zlib
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} not found.")
+
+    def corrupt(what: str) -> ValueError:
+        return ValueError(
+            f"Model file {path} is corrupt or truncated ({what}): copy it again; if it is a "
+            "training run's model.keras, delete it and rerun the training command, which "
+            "resumes from the run's last checkpoint and saves the model again."
+        )
+
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if size == 0:
+        raise corrupt("the file is empty")
+    if (head == b"PK\x03\x04" or path.suffix == ".keras") and not zipfile.is_zipfile(path):
+        zip_start = head == b"PK\x03\x04"
+        raise corrupt(f"{size} bytes, {'a zip without its end' if zip_start else 'not a zip'}")
     try:
         model = keras.models.load_model(path)
-    except Exception as error:  # a bad zip, a non-Keras file, an unknown class, ...
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # damaged contents
+        raise corrupt(" ".join(str(error).split()) or type(error).__name__) from error
+    except Exception as error:  # a non-Keras file, an unknown class, ...
         text = str(error).strip()
         first = text.splitlines()[0] if text else type(error).__name__
         raise ValueError(f"Could not load {path} as a Keras model: {first}") from error

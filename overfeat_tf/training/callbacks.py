@@ -7,8 +7,10 @@
   any later callback writes that epoch (so no checkpoint, backup or state of it exists);
 - `keras.callbacks.BackupAndRestore` in `<output>/backup`: weights, optimizer state and
   epoch after every epoch, restored when the same command is rerun after a crash
-  (`backed_up_epoch` reads the epoch it will resume from), then `KeepLearningRate` (a
-  resumed run trains at the command's constant learning rate, not the backup's);
+  (`resume_epoch` checks the backup before `fit` and reads the epoch it will resume from; a
+  missing or damaged backup is replaced by the newest checkpoint that loads), then
+  `KeepLearningRate` (a resumed run trains at the command's constant learning rate, not the
+  backup's);
 - `keras.callbacks.ModelCheckpoint`: every epoch's weights in `<output>/checkpoints/`;
 - `tensorboard_callback`: per-epoch scalars in `<output>/logs` (`keras.callbacks.TensorBoard`,
   or `EpochScalars` without the `tensorboard` package);
@@ -24,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,12 +61,217 @@ def backed_up_epoch(backup_dir: str | os.PathLike) -> int:
         return 0
 
 
+# --- a damaged or missing backup -------------------------------------------------------------
+
+BACKUP_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's files in BACKUP_DIR; with
+BACKUP_METADATA = "training_metadata.json"  # double_checkpoint, each also has a `.bkp` copy
+CORRUPT_BACKUP_PREFIX = "backup-corrupt-"  # `<output>/backup-corrupt-<time>`: one moved aside
+_BACKUP_FILES = (
+    BACKUP_WEIGHTS,
+    f"{BACKUP_WEIGHTS}.bkp",
+    BACKUP_METADATA,
+    f"{BACKUP_METADATA}.bkp",
+)
+_CHECKPOINT_NAME = re.compile(r"epoch_(\d+)\.weights\.h5")
+
+
+def _h5_reason(error: BaseException) -> str:
+    """A few words from an h5py error: "Unable to ... (truncated file: eof = 100, ...)" ->
+    "truncated file"."""
+    text = " ".join(str(error).split())
+    if "(" in text:
+        text = text.split("(", 1)[1].rsplit(")", 1)[0].split(":")[0]
+    return (text or type(error).__name__)[:80]
+
+
+def _read_weights(path: Path) -> list[str]:
+    """Read every array of a `.weights.h5` file (raises what h5py raises on damage); returns
+    the arrays' names."""
+    import h5py  # Keras' own dependency for `.weights.h5`
+
+    names: list[str] = []
+    with h5py.File(path, "r") as file:
+
+        def read(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset):
+                item[()]  # reads the array back: raises on a truncated or damaged file
+                names.append(name)
+
+        file.visititems(read)
+    return names
+
+
+def weights_file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a Keras `.weights.h5` file (a checkpoint, the backup), in a few words
+    ("missing", "truncated file", "file signature not found", "no weights in it"), or None
+    when it loads: it is opened with h5py and every array in it is read back, so a truncated
+    or overwritten file is found whatever its size."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        names = _read_weights(path)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+        return _h5_reason(error)
+    return None if names else "no weights in it"
+
+
+def _has_optimizer_state(path: Path) -> bool:
+    """Whether a readable `.weights.h5` file holds optimizer variables (Keras 3's
+    `model.save_weights` of a compiled model does: step, momenta, a constant rate)."""
+    return any(name.startswith("optimizer/") for name in _read_weights(path))
+
+
+def _metadata_epoch(path: Path) -> int | None:
+    """The epoch in a `training_metadata.json` / `state.json`, None when unreadable."""
+    try:
+        epoch = json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch if isinstance(epoch, int) and epoch >= 0 else None
+
+
+def _backup_problems(backup: Path) -> list[str]:
+    """What is wrong with each backup file (`name: problem`), or [] when the latest weights
+    and their metadata load (whatever the `.bkp` copies are: Keras reads them only when the
+    latest fail); a `.bkp` copy is named only when it is there and damaged."""
+    problems = []
+    for name in _BACKUP_FILES:
+        path = backup / name
+        if name.endswith(".bkp") and not path.exists():
+            continue
+        if name.startswith(BACKUP_WEIGHTS):
+            problem = weights_file_problem(path)
+        elif not path.is_file():
+            problem = "missing"
+        else:
+            problem = None if _metadata_epoch(path) is not None else "unreadable"
+        if problem:
+            problems.append(f"{name}: {problem}")
+    latest = (f"{BACKUP_WEIGHTS}:", f"{BACKUP_METADATA}:")
+    return problems if any(p.startswith(latest) for p in problems) else []
+
+
+def _move_aside(backup: Path, output: Path) -> Path:
+    """Rename the backup directory to `<output>/backup-corrupt-<time>` (outside `backup/`,
+    which `BackupAndRestore` deletes when a run finishes)."""
+    stem = output / f"{CORRUPT_BACKUP_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, suffix = stem, 1
+    while aside.exists():
+        aside, suffix = Path(f"{stem}-{suffix}"), suffix + 1
+    os.replace(backup, aside)
+    return aside
+
+
+def checkpoint_dir(output: str | os.PathLike) -> Path:
+    """`<output>/checkpoints`, where `ModelCheckpoint` writes every epoch's weights."""
+    return (Path(output) / CHECKPOINT_PATTERN).parent
+
+
+def _newest_checkpoint(output: Path, last_epoch: int | None) -> tuple[int, Path | None, str]:
+    """The newest `<output>/checkpoints/epoch_NNN.weights.h5` that loads, of an epoch up to
+    `last_epoch` (None: any; later ones are an earlier run's): its epoch and path (0, None
+    when none loads), and what was skipped, in words ("" when nothing)."""
+    found = []
+    for path in checkpoint_dir(output).glob("epoch_*.weights.h5"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match and (last_epoch is None or int(match.group(1)) <= last_epoch):
+            found.append((int(match.group(1)), path))
+    damaged: list[str] = []
+    for epoch, path in sorted(found, reverse=True):
+        problem = weights_file_problem(path)
+        if problem is None:
+            return epoch, path, _skipped(damaged)
+        damaged.append(f"{path.name}: {problem}")
+    return 0, None, _skipped(damaged)
+
+
+def _skipped(damaged: list[str]) -> str:
+    """The damaged checkpoints passed over, in words: the newest and how many older."""
+    if not damaged:
+        return ""
+    more = f", and {len(damaged) - 1} older" if len(damaged) > 1 else ""
+    return f"skipped damaged {damaged[0]}{more}"
+
+
+def _restore_backup_from(backup: Path, checkpoint: Path, epoch: int) -> None:
+    """Write `backup` as `BackupAndRestore` would have after `epoch`: its weights file is a
+    copy of the checkpoint (the same `model.save_weights` format), then the metadata."""
+    backup.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(backup / BACKUP_WEIGHTS) as tmp:
+        shutil.copyfile(checkpoint, tmp)  # a copy: Keras overwrites the file in place
+    atomic.write_json(backup / BACKUP_METADATA, {"epoch": epoch, "batch": 0})
+
+
+def resume_epoch(output: str | os.PathLike, chief: bool = True) -> int:
+    """The epoch a run writing under `output` resumes from (0: from the start), after making
+    sure `BackupAndRestore` (`<output>/backup`) can restore it. Called before `fit`.
+
+    - No backup: 0 (a new run, or one that finished: its backup is deleted), unless, on the
+      chief, `<output>/state.json` records a finished epoch and there is no `model.keras`
+      (the run was interrupted and its backup is missing): then as a damaged backup.
+    - A backup whose latest weights and metadata load (every array is read back): its epoch,
+      as before (`backed_up_epoch`).
+    - A damaged backup (a file missing, truncated or unreadable): the backup directory is
+      moved to `<output>/backup-corrupt-<time>/` (kept, never deleted), and the newest
+      checkpoint in `<output>/checkpoints/` that loads (of an epoch up to the one state.json
+      or the backup's metadata record, when readable) becomes the backup: its epoch is
+      returned and `BackupAndRestore` restores it. Keras' weights-only checkpoints hold the
+      optimizer state too (step, momenta), so the run continues as from the backup; for a
+      checkpoint without it, `RunState` sets the optimizer step to epoch x steps per epoch
+      (the learning-rate schedule continues at that epoch) and the optimizer restarts. When
+      no checkpoint loads, 0: the run starts over.
+
+    Each of the last two cases prints one line (stdout, like the run's other events) naming
+    the backup, what is wrong, where it was moved and what the run resumes from.
+    """
+    output = Path(output)
+    backup = output / BACKUP_DIR
+    present = backup.is_dir() and any((backup / name).exists() for name in _BACKUP_FILES)
+    recorded = _metadata_epoch(output / "state.json")
+    if present:
+        problems = _backup_problems(backup)
+        if not problems:
+            return backed_up_epoch(backup)
+        epochs = [_metadata_epoch(backup / name) for name in _BACKUP_FILES[2:]]
+        aside = _move_aside(backup, output)
+        what = f"is damaged ({'; '.join(problems)}), moved to {aside}"
+    elif chief and recorded and not (output / "model.keras").exists():
+        epochs = []
+        what = f"is missing (state.json records epoch {recorded}, and there is no model.keras)"
+    else:
+        return 0
+    known = [e for e in (recorded, *epochs) if e is not None]
+    epoch, checkpoint, skipped = _newest_checkpoint(output, max(known) if known else None)
+    if checkpoint is None:
+        line = (
+            f"Backup {backup} {what}; no checkpoint in {checkpoint_dir(output)} loads"
+            f"{f' ({skipped})' if skipped else ''}: training starts over from epoch 1."
+        )
+    else:
+        restored = (
+            "its weights and optimizer state"
+            if _has_optimizer_state(checkpoint)
+            else "weights only: the optimizer state restarts, at step epoch x steps per epoch"
+        )
+        line = (
+            f"Backup {backup} {what}; resuming from epoch {epoch} with {checkpoint} "
+            f"({'; '.join(filter(None, (restored, skipped)))})."
+        )
+        _restore_backup_from(backup, checkpoint, epoch)
+    print(line, flush=True)
+    return epoch
+
+
 class RunState(keras.callbacks.Callback):
     """Records the run's progress in `<dir>/state.json` after every epoch, and what a resumed
     run restored in `<dir>/resume.json` (epoch, optimizer step, weights fingerprint).
 
     Put it after `BackupAndRestore` (it reads the restored state) and `ModelCheckpoint`
-    (state.json then names a complete checkpoint) in the callback list.
+    (state.json then names a complete checkpoint) in the callback list. A resumed run whose
+    optimizer step is still 0 after the restore (`resume_epoch` restored a checkpoint without
+    optimizer state) gets the step `initial_epoch` x steps per epoch, so that the
+    learning-rate schedule continues at that epoch.
     """
 
     def __init__(self, directory: Path, initial_epoch: int, checkpoint_pattern: str) -> None:
@@ -75,6 +284,9 @@ class RunState(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        steps = (self.params or {}).get("steps")
+        if self.initial_epoch > 0 and self._step() == 0 and steps:
+            self.model.optimizer.iterations.assign(self.initial_epoch * int(steps))
         if self.initial_epoch > 0:
             state = {
                 "epoch": self.initial_epoch,
@@ -391,7 +603,7 @@ def fit_callbacks(
 
     Args:
         output: the run's (or this worker's) output directory.
-        initial_epoch: the epoch the backup resumes from (`backed_up_epoch`).
+        initial_epoch: the epoch the backup resumes from (`resume_epoch`).
         counter: the input pipeline's corrupt-record counter.
         time_limit: seconds of training before stopping; None or 0: no limit.
 

@@ -121,14 +121,17 @@ class _Run:
 
 
 def _prepare_run(config: TrainConfig) -> _Run:
-    """Make the strategy, create this process' output directory, read the backed-up epoch."""
+    """Make the strategy, create this process' output directory, and find the epoch the run
+    resumes from (`callbacks.resume_epoch`: the backup's; after a missing or damaged backup,
+    which is moved aside and named in one printed line, the newest checkpoint that loads; 0
+    when there is none)."""
     strategy = make_strategy(config.strategy, config.tpu)
     chief = is_chief(strategy)
     output = config.output_dir
     if not chief:
         output = output / "workers" / str(strategy.cluster_resolver.task_id)
     output.mkdir(parents=True, exist_ok=True)
-    initial_epoch = callbacks.backed_up_epoch(output / callbacks.BACKUP_DIR)
+    initial_epoch = callbacks.resume_epoch(output, chief)
     return _Run(strategy, chief, output, initial_epoch)
 
 

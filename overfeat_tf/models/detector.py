@@ -407,6 +407,13 @@ class OverFeatDetector(keras.Model):
             **kwargs,
         )
 
+    def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> keras.callbacks.History:
+        """`keras.Model.fit`; a `tf.data.Dataset` is taken as it comes (shuffle it in the
+        pipeline: Keras ignores `shuffle` for datasets and warns when it is left True)."""
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, y, **kwargs)
+
     def get_compile_config(self) -> dict[str, Any]:
         if not self.compiled:
             return {}

@@ -18,6 +18,10 @@ decode path of every entry point: `call` / `predict`, the notebook helpers (`det
 `localize`), the evaluation commands, the predict command and the SavedModel export
 (`serving`), so an image gets the same detections from each.
 
+Training with Keras' own loop: `compile(task="detect" | "localize")` and `fit` / `evaluate` on
+`(images, {"boxes", "labels"})` batches; the train step builds every output cell's targets
+from the boxes (`data.spatial.map_targets`) and runs the backbone at the fine stride.
+
 Outputs (the serving signature's names and conventions; D = `max_detections`):
 `detection_boxes` `[B, D, 4]` float32 `[ymin, xmin, ymax, xmax]` normalized to the original
 image; `detection_scores` `[B, D]` (accumulated confidences with the merge); `detection_classes`

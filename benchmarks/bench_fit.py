@@ -117,13 +117,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     rows = {}
+    detector, seconds, maps = notebook(args.init_model, output)
+    rows["detector.fit"] = {**_evaluate(detector, args.max_examples), "seconds": seconds}
     if args.train_py_model:
         detector, seconds = load_model(args.train_py_model), None
     else:
         detector, seconds = train_py(args.init_model, output / "train_py")
     rows["train.py"] = {**_evaluate(detector, args.max_examples), "seconds": seconds}
-    detector, seconds, maps = notebook(args.init_model, output)
-    rows["detector.fit"] = {**_evaluate(detector, args.max_examples), "seconds": seconds}
     report = {"rows": rows, "callback": maps, "max_examples": args.max_examples}
     report["machine"], report["date"] = machine(), datetime.date.today().isoformat()
     print(json.dumps(report, indent=1, default=str))

@@ -79,7 +79,7 @@ def notebook(init_model: str, output: Path) -> tuple[OverFeatDetector, float, li
     net = load_model(init_model)
     maps: list = []
     for stage in ("detect", "localize"):
-        config = main_job.stage_config(job, stage, None)
+        config = main_job.stage_config(job, stage, init_model)
         keras.utils.set_random_seed(config.seed)
         net = tasks.task_model(stage, net)  # the global policy's dtype
         recipe.add_weight_decay(net, config.weight_decay)
@@ -144,7 +144,8 @@ def render(report: dict[str, Any]) -> str:
     callback = ", ".join(
         f"{m['stage']} {m['val_map50']:.3f} / {m['val_map']:.3f}" for m in report["callback"]
     )
-    recipe_line = dataclasses.asdict(main_job.stage_config(main_job.MainJob(), "detect", None))
+    job = main_job.MainJob()
+    recipe_line = dataclasses.asdict(main_job.stage_config(job, "detect", "classify.keras"))
     return f"""Machine: {report["machine"]}, {report["date"]}. Command:
 `python benchmarks/bench_fit.py --write` (from the main job's classify model). Both routes
 train detect then localize (8 epochs, 2000 steps each) with the main job's

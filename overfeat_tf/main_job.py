@@ -18,8 +18,8 @@ backup): rerun the same command after a crash and finished stages are skipped
 resumes from its last epoch.
 
 Recipes: for `tiny` the stages use `TINY_RECIPE` (He init, SGD momentum 0.9, batch 32,
-lr 0.01 with x0.2 drops, a 231 px short side, decoded images cached), sized so the whole
-job fits about 20 minutes on a 2-core CPU (BENCHMARKS.md, "Main job"); for `fast` and
+lr 0.01 with x0.2 drops, a 231 px short side, decoded images cached; 36 / 8 / 8 epochs),
+about 25 minutes on a 2-core CPU with bf16 units (BENCHMARKS.md, "Main job"); for `fast` and
 `accurate` every stage keeps the paper's recipe (`TrainConfig`'s defaults).
 """
 

@@ -146,8 +146,9 @@ def render(report: dict[str, Any]) -> str:
     )
     job = main_job.MainJob()
     recipe_line = dataclasses.asdict(main_job.stage_config(job, "detect", "classify.keras"))
-    return f"""Machine: {report["machine"]}, {report["date"]}. Command:
-`python benchmarks/bench_fit.py --write` (from the main job's classify model). Both routes
+    return f"""Machine: {report["machine"]}. Command:
+`python benchmarks/bench_fit.py --init-model runs/tiny/classify/model.keras
+[--train-py-model runs/tiny/localize/model.keras] --write`. Both routes
 train detect then localize (8 epochs, 2000 steps each) with the main job's
 recipe (batch {recipe_line["batch_size"]}, SGD momentum {recipe_line["momentum"]}, lr
 {recipe_line["learning_rate"]} with x{recipe_line["lr_decay_factor"]} drops, clipping per

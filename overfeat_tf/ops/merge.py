@@ -282,10 +282,15 @@ def _round(sums, key, cls, group, low, arg, threshold, xla: bool) -> tuple[tf.Te
     kept = [tf.gather(x, index) for x in (sums, key, cls, group, low, arg, absorbs)]
     sums, key, cls, group, low, arg, changed = kept
     stale = tf.logical_or(changed, tf.gather(partner_moved, index))
-    boxes = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
+    boxes = _means(sums)
     low, arg, inner = _rescore(boxes, group, low, tf.gather(new_position, arg), changed, stale, xla)
     merged = tf.reduce_sum(tf.cast(absorbs, tf.int32))
     return sums, key, cls, group, low, arg, merged, inner
+
+
+def _means(sums: tf.Tensor) -> tf.Tensor:
+    """The clusters' boxes [m, 4]: their members' mean coordinates (sums [m, 6])."""
+    return tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
 
 
 def _initial_clusters(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> tuple:
@@ -330,7 +335,7 @@ def _rank(sums: tf.Tensor, key: tf.Tensor, cls: tf.Tensor, max_output: int) -> M
     num_merged = tf.minimum(tf.shape(scores)[0], max_output)
     top = tf.math.top_k(scores, k=num_merged, sorted=True).indices
     pick = tf.gather(by_key, top)
-    boxes = tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5])
+    boxes = _means(sums)
 
     def padded(x: tf.Tensor) -> tf.Tensor:
         pads = [[0, max_output - num_merged]] + [[0, 0]] * (x.shape.rank - 1)
@@ -353,9 +358,7 @@ def _merge_graph(
     """`merge_boxes` on checked inputs, as a graph: (MergeResult, iterations [])."""
     sums, key, cls, group = _initial_clusters(boxes, scores, classes)
     every = tf.range(tf.shape(key, out_type=tf.int32)[0])
-    low, arg, first = _best_partners(
-        tf.math.divide_no_nan(sums[:, :4], sums[:, 4:5]), group, every, every, xla
-    )
+    low, arg, first = _best_partners(_means(sums), group, every, every, xla)
 
     def body(state, merged, iterations):
         *state, merged, inner = _round(*state, threshold, xla)

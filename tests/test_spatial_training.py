@@ -102,10 +102,10 @@ def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow(
     for s in range(8):
         crop, out = spatial.random_spatial_crop(image, boxes, 295, (231,), tf.constant([s, 4]))
         crop = crop.numpy()
-        inside = np.nonzero((crop != spatial.PIXEL_MEAN).any(axis=(1, 2)))[0]  # image rows
+        inside = np.nonzero((crop != spatial.FILL).any(axis=(1, 2)))[0]  # image rows
         assert len(inside) == 231
         top = inside[0]
-        np.testing.assert_allclose(crop[:top], spatial.PIXEL_MEAN, rtol=1e-6)
+        np.testing.assert_array_equal(crop[:top], spatial.FILL)
         ys, xs = np.nonzero(crop[..., 0] > 200)
         y0, x0, y1, x1 = out.numpy()[0]
         assert abs(ys.min() - y0) <= 1.5 and abs(ys.max() + 1 - y1) <= 1.5
@@ -118,22 +118,49 @@ def test_a_scale_smaller_than_the_crop_is_padded_with_the_mean_and_boxes_follow(
 
 
 def test_random_spatial_crop_is_a_window_of_the_shared_resize():
-    """The crop (maybe flipped) is cut from `resizing.resize_short_side` of the image."""
-    image = np.random.default_rng(3).uniform(0, 255, (90, 120, 3)).astype("float32")
-    resized = resizing.resize_short_side(image, 80).numpy()  # 80 x 107
-    for s in range(3):
-        crop, _ = spatial.random_spatial_crop(image, np.zeros((0, 4), "float32"), 64, (80,), [s, 2])
+    """The crop (maybe flipped) is a window of `resizing.resize_short_side` of the image (an
+    enlarging scale: the windows are not antialiased), edges included."""
+    image = np.random.default_rng(3).integers(0, 256, (90, 120, 3)).astype("float32")
+    resized = resizing.resize_short_side(image, 100).numpy()  # 100 x 133
+    flips = set()
+    for s in range(6):
+        crop, _ = spatial.random_spatial_crop(
+            image, np.zeros((0, 4), "float32"), 64, (100,), [s, 2]
+        )
         crop = crop.numpy()
         found = [
-            (top, left)
-            for top in range(80 - 64 + 1)
-            for left in range(107 - 64 + 1)
-            if any(
-                np.array_equal(view, resized[top : top + 64, left : left + 64])
-                for view in (crop, crop[:, ::-1])
-            )
+            (top, left, flipped)
+            for top in range(100 - 64 + 1)
+            for left in range(133 - 64 + 1)
+            for flipped, view in ((False, crop), (True, crop[:, ::-1]))
+            if np.abs(view - resized[top : top + 64, left : left + 64]).max() < 0.02
         ]
         assert len(found) == 1
+        flips.add(found[0][2])
+    assert flips == {False, True}
+
+
+def test_resize_windows_matches_resize_then_crop():
+    """Reference: `resize_windows` of a window equals `resize` of the whole
+    image cropped, for enlarging scales, mirrored windows, and a batch of different images
+    padded to one size."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (2, 50, 70, 3)).astype("float32")
+    images[1, 40:] = 118  # the second image is 40 x 70, padded with the fill
+    cases = [(0, (100, 140), (13, 27)), (1, (91, 159), (20, 41))]
+    windows, refs = [], []
+    for b, new, (y, x) in cases:
+        hw = (50, 70) if b == 0 else (40, 70)
+        full = resizing.resize(images[b, : hw[0]], new).numpy()
+        refs.append(full[y : y + 32, x : x + 32])
+        sy, sx = hw[0] / new[0], hw[1] / new[1]
+        windows.append([y * sy, x * sx, (y + 32) * sy, (x + 32) * sx])
+    out = resizing.resize_windows(images, np.array(windows, "float32"), 32, 118).numpy()
+    for got, ref in zip(out, refs, strict=True):
+        np.testing.assert_allclose(got, ref, atol=0.02)
+    y0, x0, y1, x1 = windows[0]
+    mirrored = resizing.resize_windows(images[:1], np.array([[y0, x1, y1, x0]], "float32"), 32)
+    np.testing.assert_allclose(mirrored.numpy()[0, :, ::-1], refs[0], atol=0.02)
 
 
 def _numpy_mined(labels, logits, ratio, min_neg, hard_fraction, chance):

@@ -7,6 +7,12 @@ aspect ratio up to a bound (`max_aspect_ratio`, default 4: a more elongated imag
 squeezed to it, so a resized image has at most side x 4 side pixels whatever its input);
 `resize` is bilinear, antialiased when shrinking, clipped to 0..255. The pyramid, the
 training inputs, the features and the export all call them. Core TF ops, graph-safe.
+
+`resize_windows` is the training augmentation's form of the same bilinear resize: a batch of
+windows (random scale, offset and flip each) cut from a batch of images, each as if the image
+had been resized first and the window cropped from it, but computed in one op at the cost of
+the outputs alone (`tf.image.crop_and_resize` with half-pixel centres), not of the resized
+images (up to 4x larger at the spatial tasks' largest scale).
 """
 
 from __future__ import annotations
@@ -95,3 +101,42 @@ def resize_short_side(
     if isinstance(side, int) and side == 0:
         return tf.cast(image, tf.float32)
     return resize(image, short_side_size(tf.shape(image)[-3:-1], side, max_aspect_ratio))
+
+
+def resize_windows(
+    images: tf.Tensor, windows: tf.Tensor, size: int, fill: float = 0.0
+) -> tf.Tensor:
+    """Bilinear `size` x `size` views of windows of a batch of images, in one op.
+
+    Window `b` is a box of `images[b]` in continuous PIXEL coordinates yxyx
+    (pixel `i` covers `[i, i + 1)`; the box may extend past the image, and `x0 > x1` gives
+    the mirrored view). Output pixel `(i, j)` samples the image at the centre of its cell,
+    `y0 + (i + 0.5) * (y1 - y0) / size` (and so for x), bilinearly, with half-pixel
+    centres: exactly what `resize` (not shrinking) of the whole image to `(H, W) * scale`
+    followed by a crop would give, where the window is the crop's box divided by `scale`.
+    Samples outside the image read `fill` (a uint8 batch padded by `padded_batch` should be
+    padded with the same value); within half a pixel of an edge they blend the edge with
+    `fill`. No antialiasing (a shrink by up to ~2x aliases little; the spatial tasks' scales
+    mostly enlarge).
+
+    Args:
+        images: `[B, H, W, C]` any real dtype (e.g. uint8 padded to the batch's largest).
+        windows: `[B, 4]` float32 yxyx in pixels of `images` (one per image).
+        size: the output side (px).
+        fill: the value outside the images.
+
+    Returns:
+        float32 `[B, size, size, C]`.
+    """
+    _check_side(size, 1)
+    windows = tf.cast(windows, tf.float32)
+    start, end = windows[:, :2], windows[:, 2:]
+    step = (end - start) / size  # source px per output px (negative: mirrored)
+    first = start + 0.5 * step - 0.5  # sample coordinates of the first and last output pixels
+    last = start + (size - 0.5) * step - 0.5
+    extent = tf.cast(tf.maximum(tf.shape(images)[1:3] - 1, 1), tf.float32)
+    boxes = tf.concat([first / extent, last / extent], axis=1)
+    count = tf.shape(images)[0]
+    return tf.image.crop_and_resize(
+        images, boxes, tf.range(count), [size, size], extrapolation_value=fill
+    )

@@ -161,7 +161,8 @@ class TrainConfig:
         seed: seeds the initialization, the data order and the augmentation.
         short_side: images are rescaled to this short side before cropping (px).
         shuffle_buffer: shuffle buffer size (examples).
-        cache: cache the decoded, rescaled images in memory (small datasets only).
+        cache: keep the decoded images in memory (small datasets only): rescaled for
+            "classify", as decoded for "detect" / "localize".
         time_limit: stop training after this many seconds (at the end of a step); None:
             no limit.
         verbose: Keras verbosity ("auto": a progress bar in a terminal, else one line

@@ -192,6 +192,7 @@ def _train_input(
             train_size=config.train_size,
             data_dir=config.data_dir,
             seed=seed,
+            cache=config.cache,
             counter=counter,
             input_context=context,
         )

@@ -76,7 +76,11 @@ TINY_RECIPE: dict[str, dict[str, Any]] = {
 # of the short side, so larger scales than tiny's default find the small ones
 # (BENCHMARKS.md, "Localization and detection").
 SHAPES_SCALES = (247, 327, 439, 583, 775, 1031)
-SHAPES_MAX_BOXES = 4000
+# The saved detector's box budget (the most confident dense boxes merged per image), chosen on
+# the validation split: 1000 boxes localize better than 2000 or 4000 (fewer low-confidence
+# boxes pulled into the merged boxes) at the same mAP, and merge 2-3x faster; 500 lose
+# recall (BENCHMARKS.md, "Main job": the box budget).
+SHAPES_MAX_BOXES = 1000
 # Multi-scale classification of the shapes: six scales around the training scale (chosen
 # on the validation split, BENCHMARKS.md "Classification: tiny on overfeat_shapes").
 SHAPES_CLASSIFY_SCALES = (231, 247, 263, 279, 295, 311)

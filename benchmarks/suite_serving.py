@@ -3,16 +3,19 @@
     python benchmarks/bench_suite.py --parts serving [--write]     # how it is run
 
 The detector's decoder served (SavedModel, plain TF) as % of the forward pass (<= 10 % fast /
-accurate, <= 100 % tiny), tiny's served latency (<= 2x forward), the decoder's dependent loop
-iterations for 4000 boxes (<= 64), first calls in a fresh process (<= 5 s), 4 concurrent
-clients (throughput >= one client's, same answers, no crash). Section "Suite: merge and
-serving"; the timing helpers, `Section` and `Settings` are `bench_suite`'s. Where the served
-time goes: `profile_serving.py`.
+accurate, <= 100 % tiny), tiny's served latency (<= 2x forward), served detection against the
+export's own `classify` signature on the same JPEG (issue 21: <= 1.5x tiny, <= 1.05x fast;
+random weights, and a trained tiny detector on a photo when one is found: `TRAINED_TINY`), the
+decoder's dependent loop iterations for 4000 boxes (<= 64), first calls in a fresh process
+(<= 5 s), 4 concurrent clients (throughput >= one client's, same answers, no crash). Section
+"Suite: merge and serving"; the timing helpers, `Section` and `Settings` are `bench_suite`'s.
+Where the served time goes: `profile_serving.py`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -40,12 +43,18 @@ from benchmarks.bench_suite import (
     verdict,
 )
 from overfeat_tf.export import serving
-from overfeat_tf.models.detector import OverFeatDetector
+from overfeat_tf.models.backbone import load_model
+from overfeat_tf.models.detector import OverFeatDetector, as_detector
 from overfeat_tf.ops import merge
 from tests.merge_reference import sequential_merge_numpy
 
 BOX_BUDGET = OverFeatDetector.default_options()["max_boxes"]
 SERVE_CLASSES = 20
+# A trained tiny detector (`.keras`) for the served / classify ratio on a photo: the
+# environment variable OVERFEAT_TRAINED_TINY, else the main job's model (README), if present.
+TRAINED_TINY = os.environ.get("OVERFEAT_TRAINED_TINY", "runs/tiny/model.keras")
+# Issue 21: served detection / the export's `classify` signature, same image.
+CLASSIFY_LIMITS = {"tiny": 1.5, "fast": 1.05}
 
 
 class _Decoder(tf.Module):
@@ -67,19 +76,35 @@ def _clustered_boxes(budget: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return tf.constant(boxes), tf.constant(scores), tf.constant(box_set["classes"][keep])
 
 
-def _serve_case(arch: str, s: Settings, tmp: Path, clustered: tuple) -> dict[str, Any]:
-    net = _net(arch, num_classes=SERVE_CLASSES, regressor="class_specific", background=True)
-    detector = OverFeatDetector(net, scales=s.scales(arch))
-    jpeg = test_jpeg()
+def _photo_jpeg() -> tuple[bytes, str]:
+    """A real photo as a JPEG (scikit-image's chelsea, 451x300), else the suite's test JPEG."""
+    try:
+        from skimage import data as skimage_data
+    except ImportError:
+        return test_jpeg(), "the 320x400 test JPEG (no scikit-image)"
+    image = skimage_data.chelsea()
+    jpeg = tf.io.encode_jpeg(image, quality=90).numpy()
+    return jpeg, f"scikit-image's chelsea photo ({image.shape[1]}x{image.shape[0]} JPEG)"
+
+
+def _serve_case(
+    detector: OverFeatDetector, jpeg: bytes, s: Settings, tmp: Path, clustered: tuple
+) -> dict[str, Any]:
+    """Interleaved timings of one detector on one JPEG: its export's `serving_default`
+    ("served") and `classify` signatures, the forward pass, its decoder alone (a SavedModel)
+    on the forward pass's boxes and on `clustered`."""
+    name = f"case{len(list(tmp.iterdir()))}"
     image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
-    export = serving.export_model(detector, tmp / arch)
-    served = tf.saved_model.load(str(export)).signatures["serving_default"]
-    tf.saved_model.save(_Decoder(detector.prediction_decoder), str(tmp / f"{arch}_decoder"))
-    decoder = tf.saved_model.load(str(tmp / f"{arch}_decoder"))
+    export = serving.export_model(detector, tmp / name)
+    loaded = tf.saved_model.load(str(export))
+    served, classify = loaded.signatures["serving_default"], loaded.signatures["classify"]
+    tf.saved_model.save(_Decoder(detector.prediction_decoder), str(tmp / f"{name}_decoder"))
+    decoder = tf.saved_model.load(str(tmp / f"{name}_decoder"))
     forward = tf.function(lambda im: detector.dense_boxes(detector.levels(im)))
     own = forward(image)[:3]
     fns = {
         "served": lambda: served(images=tf.constant([jpeg])),
+        "classify": lambda: classify(images=tf.constant([jpeg])),
         "forward": lambda: forward(image),
         "merge, own boxes": lambda: decoder.decode(*own),
         "merge, clustered": lambda: decoder.decode(*clustered),
@@ -215,35 +240,61 @@ def part_serving(s: Settings, results: dict) -> Section:
     clustered = _clustered_boxes(
         1000 if s.quick else OverFeatDetector.default_options()["max_boxes"]
     )
+    trained = Path(TRAINED_TINY)
+    photo, photo_name = _photo_jpeg()
     section = Section(
         "Suite: merge and serving",
         f"""Per model (random he_normal weights, {SERVE_CLASSES} classes + background,
 class-specific regressor; the detector's defaults: scales x 2 flips, fine stride, top-5,
 {BOX_BUDGET}-box budget, its `prediction_decoder`), on one 320x400 JPEG:
 "served" = the exported `serving_default` (`serving.export_model`, `tf.saved_model.load`);
-"forward" = pyramid + network + box decoding (`dense_boxes(levels(image))`, a `tf.function`);
-"merge" = the decoder alone, saved as a SavedModel (plain TF, as served) and loaded, on the
-forward pass's own boxes (random weights: hardly clustered) and on a clustered set of
-{int(clustered[1].shape[0])} boxes (`bench_merge.make_box_set`: the accurate net's 6 scales x
-2 flips, top-5 classes, 3 objects + scattered windows, the most confident). Interleaved.""",
-        ["model", "own boxes", "served s", "forward s", "merge s, own boxes",
-         "merge s, clustered", "merge / forward, own / clustered", "served / forward"],
+"classify" = the same export's `classify` signature (same pyramid and network, no boxes), on
+the same JPEG; "forward" = pyramid + network + box decoding (`dense_boxes(levels(image))`, a
+`tf.function`); "merge" = the decoder alone, saved as a SavedModel (plain TF, as served) and
+loaded, on the forward pass's own boxes (random weights: hardly clustered) and on a clustered
+set of {int(clustered[1].shape[0])} boxes (`bench_merge.make_box_set`: the accurate net's 6
+scales x 2 flips, top-5 classes, 3 objects + scattered windows, the most confident). Row
+"tiny, trained": the trained tiny detector `{TRAINED_TINY}` (its own options) on
+{photo_name}, if the file exists (`OVERFEAT_TRAINED_TINY`). Interleaved; min / median / max.""",
+        ["model", "own boxes", "served s", "classify s", "forward s", "merge s, own boxes",
+         "merge s, clustered", "merge / forward, own / clustered", "served / forward",
+         "served / classify"],
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for arch in ("tiny",) if s.quick else ("tiny", "fast", "accurate"):
-            r = _serve_case(arch, s, tmp, clustered)
-            section.data[arch] = {"boxes": r["boxes"], "seconds": r["s"]}
+        cases = [(arch, None) for arch in (("tiny",) if s.quick else ("tiny", "fast", "accurate"))]
+        if trained.exists():
+            cases.insert(1, ("tiny, trained", trained))
+        for label, path in cases:
+            if path is None:
+                kind = {"regressor": "class_specific", "background": True}
+                net = _net(label, num_classes=SERVE_CLASSES, **kind)
+                detector, jpeg = OverFeatDetector(net, scales=s.scales(label)), test_jpeg()
+            else:
+                detector, jpeg = as_detector(load_model(path)), photo
+            r = _serve_case(detector, jpeg, s, tmp, clustered)
+            section.data[label] = {"boxes": r["boxes"], "seconds": r["s"]}
             t = {k: _med(v) for k, v in r["s"].items()}
             own, clus = t["merge, own boxes"] / t["forward"], t["merge, clustered"] / t["forward"]
             cells = [mmm(v) for v in r["s"].values()]
-            ratios = [f"{_pct(own)} / {_pct(clus)}", _x(t["served"] / t["forward"])]
-            section.rows.append([arch, r["boxes"], *cells, *ratios])
-            limit = 1.0 if arch == "tiny" else 0.10
-            for label, value in (("own boxes", own), ("clustered", clus)):
-                what = f"{arch} served merge / forward, {label}"
+            to_classify = t["served"] / t["classify"]
+            ratios = [
+                f"{_pct(own)} / {_pct(clus)}",
+                _x(t["served"] / t["forward"]),
+                _x(to_classify),
+            ]
+            section.rows.append([label, r["boxes"], *cells, *ratios])
+            arch = label.split(",")[0]
+            if arch in CLASSIFY_LIMITS:
+                what = f"{label} served / classify"
+                section.targets.append(verdict(what, to_classify, CLASSIFY_LIMITS[arch], False, _x))
+            if path is not None:
+                continue
+            limit = 1.0 if label == "tiny" else 0.10
+            for what, value in (("own boxes", own), ("clustered", clus)):
+                what = f"{label} served merge / forward, {what}"
                 section.targets.append(verdict(what, value, limit, False, _pct))
-            if arch == "tiny":
+            if label == "tiny":
                 served = t["served"] / t["forward"]
                 section.targets.append(verdict("tiny served / forward", served, 2.0, False, _x))
                 _serving_extras(s, section, r, tmp, clustered)

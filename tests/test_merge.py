@@ -204,7 +204,7 @@ def test_xla_gives_the_same_results():
 def test_row_blocks_give_the_same_results(monkeypatch, xla):
     # A tiny score budget: the first rounds are scored in many row blocks (an inner loop).
     monkeypatch.setattr(M, "BLOCK_SCORES", 2000)
-    graph = tf.function(M._merge_graph.python_function, autograph=False)
+    graph = _fresh_graph()
     boxes, scores, classes = detector_set(4, 250, num_classes=5)
     threshold = tf.constant(MERGE_THRESHOLD, tf.float64)
     result, iterations = graph(boxes, scores, classes, threshold, MAX_OUT, xla)
@@ -215,54 +215,215 @@ def test_row_blocks_give_the_same_results(monkeypatch, xla):
     assert int(iterations) > expected_iterations(want, rounds) + 10  # the blocks count
 
 
+def _fresh_graph():
+    """`merge._merge_graph` traced anew (after a monkeypatch of TILE or BLOCK_SCORES)."""
+    return tf.function(M._merge_graph.python_function, autograph=False)
+
+
+# `match_score` in a graph, as the merge computes it: Grappler's constant folding turns
+# `... - iou + 1.0` into `... - (iou - 1.0)`, which can differ from eager by an ulp.
+graph_score = tf.function(match_score, autograph=False, reduce_retracing=True)
+
+
+def _dense_partners(boxes, group, live, key, threshold, score=match_score):
+    """Each live slot's best partner by scoring every pair of its class with `score`,
+    among the partners at <= threshold: (low, arg), inf and S if none; ties: the smallest
+    key."""
+    s = len(group)
+    pair = score(boxes[:, None], boxes[None]).numpy()
+    pair[~(live[:, None] & live[None] & (group[:, None] == group[None]))] = np.inf
+    np.fill_diagonal(pair, np.inf)
+    pair[pair > threshold] = np.inf
+    low = pair.min(axis=1)
+    arg = np.full(s, s)
+    for p in np.flatnonzero(np.isfinite(low)):
+        at = np.flatnonzero(pair[p] == low[p])
+        arg[p] = at[np.argmin(key[at])]
+    return low, arg
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rescoring_after_a_round_equals_scoring_all_pairs(seed):
-    # A round rescores only the merged clusters and those whose best partner changed; after
-    # every round, each cluster's best partner (score and position, ties included: boxes on
-    # a 10 px grid) must be what scoring every pair gives.
+def test_edges_and_partners_after_every_round_equal_scoring_all_pairs(seed):
+    # After every round: the edges are exactly the pairs of live slots of a class scoring
+    # <= t (each pair once, with its score), and each slot's best partner is
+    # what scoring every pair gives. Boxes on a 10 px grid: many equal scores (ties by key).
     boxes, scores, classes = detector_set(seed, 300, num_classes=3)
     boxes = np.round(boxes / 10) * 10
-    state = M._initial_clusters(*(tf.constant(x) for x in (boxes, scores, classes)))
-    every = tf.range(tf.shape(state[1])[0])
-    start = tf.math.divide_no_nan(state[0][:, :4], state[0][:, 4:5])
-    state = (*state, *M._best_partners(start, state[3], every, every, False)[:2])
     threshold = tf.constant(MERGE_THRESHOLD, tf.float64)
-    rounds, incremental = 0, 0
+    sums, key, cls, group = M._initial_clusters(*(tf.constant(x) for x in (boxes, scores, classes)))
+    sums, alive, layout = M._slots(sums, key, cls, group, tf.size(classes))
+    *edges, _ = M._first_edges(M._terms(M._means(sums)), alive, threshold, layout, False)
+    state = (sums, alive, tuple(edges), *M._partners(edges, layout))
+    slot_group = np.repeat(layout.tile_group.numpy(), M.TILE)
+    keys = layout.key.numpy()
+    rounds = 0
     while True:
-        m = int(tf.shape(state[1])[0])
-        *state, merged, _ = M._round(*state, threshold, False)
+        sums, alive, edges, low, arg = (x.numpy() if tf.is_tensor(x) else x for x in state)
+        means = M._means(tf.constant(sums)).numpy()
+        want_low, want_arg = _dense_partners(means, slot_group, alive, keys, MERGE_THRESHOLD)
+        np.testing.assert_array_equal(low, want_low)
+        np.testing.assert_array_equal(arg, want_arg)
+        rows, cols, found = (x.numpy() for x in edges)
+        pair = M.match_score(means[:, None], means[None]).numpy()
+        np.fill_diagonal(pair, np.inf)
+        same = alive[:, None] & alive[None] & (slot_group[:, None] == slot_group[None])
+        want = np.triu(same & (pair <= MERGE_THRESHOLD))
+        found_pairs = {(min(r, c), max(r, c)) for r, c in zip(rows, cols, strict=True)}
+        assert len(rows) == want.sum() and found_pairs == set(zip(*np.nonzero(want), strict=True))
+        np.testing.assert_array_equal(found, pair[rows, cols])
+        *state, merged, _ = M._round(*state, threshold, layout, False)
         rounds += 1
         if int(merged) == 0:
             break
-        m_after = int(tf.shape(state[1])[0])
-        assert m_after == m - int(merged)
-        every = tf.range(m_after)
-        fresh = tf.math.divide_no_nan(state[0][:, :4], state[0][:, 4:5])
-        low, arg, _ = M._best_partners(fresh, state[3], every, every, False)
-        np.testing.assert_array_equal(state[4].numpy(), low.numpy())
-        np.testing.assert_array_equal(state[5].numpy(), arg.numpy())
-        incremental += 2 * int(merged) < m_after  # few changed: the incremental branch
-    assert rounds > 5 and incremental > 0
+    assert rounds > 5
 
 
-def test_rescoring_breaks_a_tie_with_a_merged_cluster_by_position():
-    # A (position 0) kept its best partner B (position 2); C (position 1) just merged and
-    # now scores exactly as B does (mirror images about A): A's partner becomes C, the
-    # smaller position, as scoring every pair says.
-    # Three more clusters of another class, unchanged: few rescored, the incremental branch.
-    boxes = [[0, 20, 10, 30], [0, 10, 10, 20], [0, 30, 10, 40]] + [[50, 50, 60, 60]] * 3
-    boxes = tf.constant(boxes, tf.float64) + tf.constant([[0.0]] * 3 + [[0], [5], [9]], tf.float64)
-    group = tf.constant([0, 0, 0, 1, 1, 1])
-    every = tf.range(6)
-    full_low, full_arg, _ = M._best_partners(boxes, group, every, every, False)
-    assert full_arg.numpy().tolist()[:3] == [1, 0, 0]
-    # Before the round: A with B (position 2); B and the others as scoring all pairs gives.
-    low = tf.tensor_scatter_nd_update(full_low, [[0], [1]], [full_low[0], 9.0])
-    arg = tf.tensor_scatter_nd_update(full_arg, [[0], [1]], [2, 0])
-    changed = tf.constant([False, True] + [False] * 4)
-    low, arg, _ = M._rescore(boxes, group, low, arg, changed, changed, False)
-    np.testing.assert_array_equal(low.numpy(), full_low.numpy())
-    np.testing.assert_array_equal(arg.numpy(), full_arg.numpy())
+def test_best_partner_ties_go_to_the_smallest_key_not_the_first_slot():
+    # Box 1 lies exactly between boxes 0 and 2 (equal scores). Slots follow the centres'
+    # Z-order (box 0 left of box 2, so in an earlier slot), but a tie goes to the smaller
+    # key: box 1 pairs with box 2 when box 2 comes first in the input.
+    row = np.array([[0.0, 0, 10, 10], [0, 2, 10, 12], [0, 4, 10, 14]])
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0], [1, 0, 2]):
+        want, _ = check_against_reference(
+            row[order], np.array([0.1, 0.2, 0.4])[order], [0] * 3, 0.6
+        )
+        first = 2 * int(order.index(2) < order.index(0))  # of boxes 0 and 2, the earlier
+        assert any(np.allclose(box, (row[1] + row[first]) / 2) for box in want[0])
+    edges = (
+        tf.constant([0, 0, 1, 2]),
+        tf.constant([1, 2, 0, 0]),
+        tf.constant([0.5, 0.5, 0.5, 0.5]),
+    )
+    layout = M._Layout(
+        key=tf.constant([4, 7, 2, -1]),
+        cls=tf.zeros([4], tf.int32),
+        tile_group=tf.zeros([1], tf.int32),
+        slot_of_key=tf.constant([-1, -1, 2, -1, 0, -1, -1, 1]),
+    )
+    low, arg = M._partners(edges, layout)
+    assert arg.numpy().tolist() == [2, 0, 0, 4] and low.numpy()[3] == np.inf
+
+
+def dominant_set(seed, n, num_classes, share):
+    """`detector_set` boxes, a `share` of them in class 0, the rest spread over the others."""
+    boxes, scores, _ = detector_set(seed, n, num_classes=1, num_objects=6)
+    rng = np.random.default_rng(seed)
+    classes = np.where(rng.uniform(size=n) < share, 0, rng.integers(1, num_classes, n))
+    return boxes, scores, classes.astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "share"), [(2, 0.95), (8, 0.7), (60, 0.0), (300, 0.0), (40, 0.5)]
+)
+def test_many_classes_and_one_dominant_class(num_classes, share):
+    boxes, scores, classes = dominant_set(num_classes, 380, num_classes, share)
+    want, rounds = check_against_reference(boxes, scores, classes)
+    assert rounds >= (1 if num_classes > 100 else 3) and len(want[1]) < 380
+
+
+@pytest.mark.parametrize("tile", [1, 2, 5])
+def test_any_tile_size_gives_the_same_results(monkeypatch, tile):
+    # Small tiles: many tiles and blocks, most pairs of tiles skipped as too far apart;
+    # with TILE = 1 the tiles' test is the per-pair bound itself.
+    monkeypatch.setattr(M, "TILE", tile)
+    graph = _fresh_graph()
+    boxes, scores, classes = detector_set(11, 250, num_classes=4)
+    for threshold in (0.3, MERGE_THRESHOLD, 1.5):
+        result, iterations = graph(
+            boxes, scores, classes, tf.constant(threshold, tf.float64), MAX_OUT, False
+        )
+        want, rounds = mutual_merge_numpy(boxes, scores, classes, threshold, return_rounds=True)
+        k = int(result.num_merged)
+        assert_same(tuple(x[:k].numpy() for x in result[:4]), want, atol=1e-9)
+        assert int(iterations) == expected_iterations(want, rounds)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_pairs_scoring_exactly_the_threshold_merge(monkeypatch, dtype):
+    # The blocks skipped must hold no pair scoring <= t, float rounding included: pairs of
+    # boxes of many sizes, offsets and positions (far from the origin too), each alone in
+    # its class and in a tile of its own (TILE = 1: the skip test is the per-pair bound),
+    # with t = their score exactly: every pair merges; with t one float lower none does.
+    monkeypatch.setattr(M, "TILE", 1)
+    graph = _fresh_graph()
+    rng = np.random.default_rng(5)
+    n = 400
+    np_dtype = dtype.as_numpy_dtype
+    side = np.exp(rng.uniform(np.log(1e-3), np.log(1e4), (n, 2)))
+    corner = rng.uniform(-1e4, 1e4, (n, 2)) * (rng.uniform(size=(n, 1)) < 0.5)
+    shift = side * rng.uniform(-0.6, 0.6, (n, 2)) * rng.uniform(size=(n, 1))
+    a = np.concatenate([corner, corner + side], 1).astype(np_dtype)
+    b = np.concatenate([corner + shift, corner + shift + side * rng.uniform(0.7, 1.3, (n, 2))], 1)
+    b = b.astype(np_dtype)
+    score = graph_score(a, b).numpy()
+    boxes = np.stack([a, b], 1).reshape(-1, 4)
+    classes = np.repeat(np.arange(n), 2).astype(np.int32)
+    ones = np.ones(2 * n, np_dtype)
+    for t in np.unique(score)[:: max(1, n // 40)]:
+        pick = np.repeat(score <= t, 2)
+        args = (boxes[pick], ones[pick], classes[pick])
+        merged = graph(*args, tf.constant(t, dtype), 2 * n, False)[0]
+        assert int(merged.num_merged) == int(pick.sum()) - int((score <= t).sum())
+        below = np.nextafter(t, -np.inf, dtype=np_dtype)
+        exact = np.repeat(score == t, 2)
+        merged = graph(
+            boxes[exact], ones[exact], classes[exact], tf.constant(below, dtype), 2 * n, False
+        )[0]
+        assert int(merged.num_merged) == int(exact.sum())
+
+
+@pytest.mark.parametrize("threshold", [-0.5, 0.0, 2.5, 6.0])
+def test_thresholds_outside_the_usual_range(threshold):
+    # t <= 0 merges identical boxes only (they start as one cluster): nothing; a large t
+    # widens the blocks' reach to whole classes.
+    boxes, scores, classes = detector_set(12, 200, num_classes=2)
+    want, _ = check_against_reference(boxes, scores, classes, threshold)
+    assert (len(want[1]) == 200) == (threshold <= 0)
+
+
+def _dense_rounds_float32(boxes, scores, classes, threshold):
+    """The rounds as the merge defines them, scoring EVERY pair of a class each round with
+    `match_score` (bitwise the merge's score) and accumulating in float32 as the merge does
+    (sums p + q, means = sums / count): (boxes, scores, classes, members) in output order.
+    For boxes without exact copies (each starts as its own cluster)."""
+    sums = np.concatenate([boxes, np.ones((len(boxes), 1)), scores[:, None]], 1).astype(np.float32)
+    key = np.arange(len(boxes))
+    alive = np.ones(len(boxes), bool)
+    while True:
+        live = np.flatnonzero(alive)
+        means = sums[live, :4] / sums[live, 4:5]
+        low, arg = _dense_partners(
+            means, classes[live], np.ones(len(live), bool), key[live], threshold, graph_score
+        )
+        merged = 0
+        for p, q in enumerate(arg):
+            if (
+                q < len(live)
+                and arg[q] == p
+                and key[live[p]] < key[live[q]]
+                and low[p] <= threshold
+            ):
+                sums[live[p]] = sums[live[p]] + sums[live[q]]
+                alive[live[q]] = False
+                merged += 1
+        if merged == 0 or alive.sum() < 2:
+            break
+    live = np.flatnonzero(alive)
+    order = sorted(live, key=lambda i: (-sums[i, 5], key[i]))
+    out = sums[order]
+    return out[:, :4] / out[:, 4:5], out[:, 5], classes[order], out[:, 4].astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_outputs_bitwise_equal_scoring_every_pair(seed):
+    # Bitwise, not to a tolerance: skipping the pairs that cannot merge changes nothing.
+    boxes, scores, classes = detector_set(40 + seed, 500, num_classes=1 + seed * 3)
+    boxes, scores = boxes.astype(np.float32), scores.astype(np.float32)
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    want = _dense_rounds_float32(boxes, scores, classes, np.float32(MERGE_THRESHOLD))
+    got, _ = run_tf(boxes, scores, classes, dtype=tf.float32)
+    for x, y in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 # --- particular inputs -------------------------------------------------------------------------

@@ -36,24 +36,37 @@ The lowest-scoring pair of a class is always mutual, so every round makes the me
 paper's one-pair-per-step rule would make first, plus other disjoint mutual pairs; at the end
 no mutual pair scores <= t. Output: accumulated score descending, ties by key ascending.
 
-Cost of a round on m live clusters (kept sorted by (class, key), compacted after every
-round). The first round scores one masked [m, m] matrix over all classes at once (pairs of
-different classes, and p with itself, masked to inf). A later round rescores only what the
-last one changed: the k merged clusters against all ([m, k]) and the f clusters whose box or
-best partner changed against all ([f, m]); every other cluster keeps its partner unless a
-merged cluster now scores lower. Same results, and when k + f >= m one [m, m] block instead.
-Either way a fixed number of ops (kernels on a GPU) per round, whatever m. Memory: a few
-score temporaries of 4 bytes per pair; a block of more than `BLOCK_SCORES` = 2^24 pairs is
-scored in row blocks, an inner loop (never with the detector's 4000-box budget).
+Cost: only pairs scoring <= t matter. A pair scoring > t never merges, and a cluster whose
+best partner scores > t merges with nobody, so each round's merges are those of the best
+partners among the pairs scoring <= t (the "edges"; none: no partner). Same merges, same
+rounds, bitwise the same outputs as scoring every pair of a class, at a fraction of the cost:
+
+- Layout: the clusters sit in slots, per class, in Z-order of their centres (nearby clusters
+  in nearby slots), each class padded to a multiple of `TILE` = 16 slots; a tile is 16
+  consecutive slots. Slots never move: a cluster merged away leaves its slot dead.
+- Blocks: a block scores the 16 x 16 pairs of two tiles of one class, and is skipped when the
+  tiles' centres are too far apart for any of its pairs to score <= t: a pair scoring <= t
+  has |cy1 - cy2| and |cx1 - cx2| <= t sqrt(max(min(A1, A2), 1e-12)) (from the score's
+  centre term; with margins for float rounding, `_reach_scale`). Before the first round
+  every pair of near tiles of a class is scored once; after a round, only the merged
+  clusters (in tiles of their own) against the near tiles of their class, and the edges
+  between clusters that did not merge are kept.
+- Best partners: the segment minimum of each cluster's edges (ties: the smallest key).
+
+So a round costs about the pairs of near tiles involving a merged cluster plus the edges kept,
+never the m^2 pairs of all classes, in a fixed number of ops (kernels on a GPU) whatever m and
+the number of classes: no loop over classes or tiles. Memory: the blocks' scores (4 bytes per
+pair) and the edges; blocks of more than `BLOCK_SCORES` = 2^24 scores in all are scored in
+groups, an inner loop (never with the detector's 4000-box budget).
 
 Dependent loop iterations (`return_iterations=True`): one per round, including the last one
-that merges nothing, plus one per row block of multi-block scoring. 4000 clustered detector
-boxes take about 30-40.
+that merges nothing, plus one per group of blocks of a multi-group scoring. 4000 clustered
+detector boxes take about 30-40.
 
-`jit_compile=True` runs each block as an XLA-compiled kernel on padded shapes (a power of two
->= 128 rows and columns; one compile per size met, once per process and dtype); the rest of
-the loop stays plain TF. Same results as `jit_compile=False`, which uses core TF ops only and
-is what exports must use (TF Serving may run without the XLA JIT).
+`jit_compile=True` scores the blocks with an XLA-compiled kernel on padded shapes (the number
+of blocks padded to a power of two >= 128; one compile per size met, once per process and
+dtype); the rest stays plain TF. Same results as `jit_compile=False`, which uses core TF ops
+only and is what exports must use (TF Serving may run without the XLA JIT).
 """
 
 from __future__ import annotations
@@ -75,11 +88,15 @@ MERGE_THRESHOLD = 0.7
 # Default number of merged boxes kept per image.
 DEFAULT_MAX_OUTPUT = 100
 
-# Scores per block of a round: one block while m * m <= BLOCK_SCORES (m <= 4096).
+# Scores of the blocks scored at once (a group); more: a loop over groups of blocks.
 BLOCK_SCORES = 1 << 24
 
 _MIN_AREA = 1e-12  # floor on min(A1, A2) in match_score: finite scores for zero-area boxes
 _MIN_PADDED = 128  # smallest padded size of an XLA block
+_SLACK = 2.0**-10  # relative margin of `_reach_scale` over float rounding
+
+# Slots per tile: a block scores the TILE x TILE pairs of two tiles of one class.
+TILE = 16
 
 
 class MergeResult(NamedTuple):
@@ -140,152 +157,316 @@ def match_score(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     return _pair_scores(_derive(boxes1), _derive(tf.cast(boxes2, boxes1.dtype)))
 
 
-def _best_in_block(rows, row_pos, row_group, cols, col_pos, col_group, none) -> tuple:
-    """Each row's best partner among the columns: the lowest score against a column of its
-    class group other than itself, and the smallest such column position (`tf.argmin` does
-    not promise which index it returns on ties; this does).
+def _reach_scale(threshold: tf.Tensor) -> tf.Tensor:
+    """c(t) such that a pair scoring <= t has |dy| and |dx| (twice its centre offsets, as
+    `_pair_scores` computes them) <= c(t) sqrt(max(min(A_a, A_b), 1e-12)).
 
-    Args:
-        rows: [r, 4] boxes, row_pos [r] int32 their positions, row_group [r] int32 class
-            group. cols: [w, 4], col_pos [w] int32, col_group [w] int32 (-1: padding, never
-            a partner). none: [] int32 position returned for a row without partner.
-
-    Returns:
-        low [r] (inf if no partner), arg [r] int32 (the partner's position, else `none`).
-    """
-    scores = _pair_scores(
-        tuple(x[:, tf.newaxis] for x in _derive(rows)), tuple(x[tf.newaxis] for x in _derive(cols))
-    )  # [r, w]
-    partner = tf.logical_and(
-        tf.equal(row_group[:, tf.newaxis], col_group[tf.newaxis]),
-        tf.not_equal(row_pos[:, tf.newaxis], col_pos[tf.newaxis]),
-    )
-    scores = tf.where(partner, scores, tf.constant(np.inf, scores.dtype))
-    low = tf.reduce_min(scores, axis=1)
-    at_low = tf.equal(scores, low[:, tf.newaxis])
-    arg = tf.reduce_min(tf.where(at_low, col_pos[tf.newaxis], none), axis=1)
-    return low, tf.where(tf.math.is_inf(low), none, arg)
+    Why: score = sqrt(d2 / a) / 2 - IoU + 1 with a = max(min(A_a, A_b), 1e-12) and IoU <= 1,
+    so score <= t gives sqrt(d2 / a) <= 2 t, and |dy|, |dx| <= sqrt(d2) <= 2 t sqrt(a). The
+    factors 1 + 2^-10 and the 2^-10 added to max(t, 0) cover the float rounding of every
+    step (relative 2^-24 in float32), so the bound holds for the computed scores, any t."""
+    t = tf.maximum(threshold, tf.zeros_like(threshold))
+    return 2.0 * (t * (1.0 + _SLACK) + _SLACK) * (1.0 + _SLACK)
 
 
-_best_in_block_xla = tf.function(
-    _best_in_block, jit_compile=True, reduce_retracing=True, autograph=False
+def _spatial_keys(cy: tf.Tensor, cx: tf.Tensor) -> tf.Tensor:
+    """int64 [k] Z-order (Morton) codes of centres quantized to 16 bits per axis over their
+    extent: nearby centres get nearby codes. Only the tiles' shapes depend on them (the
+    speed), not the results."""
+    codes = []
+    for v in (cy, cx):
+        v = tf.where(tf.math.is_finite(v), v, tf.zeros_like(v))
+        low = tf.reduce_min(tf.concat([v, [0]], 0))
+        extent = tf.maximum(tf.reduce_max(tf.concat([v, [0]], 0)) - low, 1e-30)
+        q = tf.cast(tf.clip_by_value((v - low) / extent * 65535.0, 0.0, 65535.0), tf.int64)
+        for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
+            q = tf.bitwise.bitwise_or(q, tf.bitwise.left_shift(q, shift))
+            q = tf.bitwise.bitwise_and(q, mask)
+        codes.append(q)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(codes[0], 1), codes[1])
+
+
+def _terms(boxes: tf.Tensor) -> tf.Tensor:
+    """`_derive` stacked: [..., 4] -> [..., 7] (y0, x0, y1, x1, y0 + y1, x0 + x1, area)."""
+    return tf.stack(_derive(boxes), -1)
+
+
+def _block_scores(rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """match_score of every row box against every column box of each block, from their
+    `_terms`: rows [P, T, 7], cols [P, T, 7] -> [P, T, T]."""
+    a = tf.unstack(tf.expand_dims(rows, 2), 7, axis=-1)  # 7 x [P, T, 1]
+    b = tf.unstack(tf.expand_dims(cols, 1), 7, axis=-1)  # 7 x [P, 1, T]
+    return _pair_scores(a, b)
+
+
+_block_scores_xla = tf.function(
+    _block_scores, jit_compile=True, reduce_retracing=True, autograph=False
 )
 
 
-def _padded(x: tf.Tensor, value: int) -> tf.Tensor:
-    """`x` padded along axis 0 with `value` to the smallest power of two >= 128."""
+def _padded(x: tf.Tensor) -> tf.Tensor:
+    """`x` padded along axis 0 with zeros to the smallest power of two >= 128."""
     n = tf.shape(x, out_type=tf.int32)[0]
     size = tf.maximum(n, _MIN_PADDED) - 1
     for shift in (1, 2, 4, 8, 16):
         size = tf.bitwise.bitwise_or(size, tf.bitwise.right_shift(size, shift))
-    pads = [[0, size + 1 - n]] + [[0, 0]] * (x.shape.rank - 1)
-    return tf.pad(x, pads, constant_values=value)
+    return tf.pad(x, [[0, size + 1 - n]] + [[0, 0]] * (x.shape.rank - 1))
 
 
-def _block(
-    boxes: tf.Tensor, group: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, xla: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Best partners of the clusters at positions `rows` [r] among those at `cols` [w]."""
-    m = tf.shape(group, out_type=tf.int32)[0]
-    args = [tf.gather(boxes, rows), rows, tf.gather(group, rows)]
-    args += [tf.gather(boxes, cols), cols, tf.gather(group, cols)]
-    if not xla:
-        return _best_in_block(*args, m)
-    padded = [_padded(x, value) for x, value in zip(args, (0, -1, -1) * 2, strict=True)]
-    low, arg = _best_in_block_xla(*padded, m)
-    r = tf.shape(rows)[0]
-    return low[:r], arg[:r]
+class _Layout(NamedTuple):
+    """Where the clusters live: slot s, in tile s // TILE (`_slots`).
+
+    Attributes:
+        key: [S] int32 each slot's key (its cluster's smallest input index; padding: -1).
+        cls: [S] int32 each slot's class.
+        tile_group: [S / TILE] int32 the class group of each tile.
+        slot_of_key: [N] int32 the slot of each key (N input boxes; -1 if not a key).
+    """
+
+    key: tf.Tensor
+    cls: tf.Tensor
+    tile_group: tf.Tensor
+    slot_of_key: tf.Tensor
 
 
-def _best_partners(
-    boxes: tf.Tensor, group: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, xla: bool
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """low [r], arg [r] (m if none) of the clusters at `rows` among those at `cols` and the
-    inner-loop iterations []: one block if r * w <= BLOCK_SCORES, else a loop over blocks of
-    BLOCK_SCORES // w rows."""
-    r, w = tf.shape(rows, out_type=tf.int32)[0], tf.shape(cols, out_type=tf.int32)[0]
-    size = tf.clip_by_value(BLOCK_SCORES // tf.maximum(w, 1), 1, tf.maximum(r, 1))
+def _slots(sums, key, cls, group, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, _Layout]:
+    """The initial clusters (`_initial_clusters`) laid out in slots: per class, in Z-order of
+    their centres (`_spatial_keys`), the class padded to a multiple of TILE slots. Slots
+    never move; a cluster merged away leaves its slot dead.
+
+    Returns sums [S, 6] (padding: zeros), alive [S] bool, the `_Layout`."""
+    k = tf.size(key)
+    _, _, _, _, cy, cx, _ = _derive(_means(sums))
+    order = tf.argsort(
+        tf.bitwise.left_shift(tf.cast(group, tf.int64), 32) + _spatial_keys(cy, cx), stable=True
+    )
+    group = tf.gather(group, order)
+    count = tf.math.segment_sum(tf.ones([k], tf.int32), group)  # [G] clusters per class
+    padded = (count + TILE - 1) // TILE * TILE
+    slot = tf.gather(tf.cumsum(padded, exclusive=True) - tf.cumsum(count, exclusive=True), group)
+    slot = (slot + tf.range(k))[:, tf.newaxis]
+    size = tf.reshape(tf.reduce_sum(padded), [1])
+    key, cls = tf.gather(key, order), tf.gather(cls, order)
+    layout = _Layout(
+        key=tf.tensor_scatter_nd_update(tf.fill(size, -1), slot, key),
+        cls=tf.tensor_scatter_nd_update(tf.zeros(size, tf.int32), slot, cls),
+        tile_group=tf.repeat(tf.range(tf.size(count)), padded // TILE),
+        slot_of_key=tf.tensor_scatter_nd_update(
+            tf.fill(tf.reshape(n, [1]), -1), key[:, tf.newaxis], slot[:, 0]
+        ),
+    )
+    sums = tf.scatter_nd(slot, tf.gather(sums, order), tf.concat([size, [6]], 0))
+    alive = tf.scatter_nd(slot, tf.ones([k], tf.bool), size)
+    return sums, alive, layout
+
+
+def _summaries(terms: tf.Tensor, live: tf.Tensor, scale: tf.Tensor) -> tuple:
+    """Of tiles of boxes (`_terms` [N, T, 7], live [N, T] bool): the extent of the live
+    boxes' centres, low [N, 2] and high [N, 2] (y, x, twice the centres; inf and -inf if
+    none), and their reach [N]: `_reach_scale` x the largest sqrt(max(area, 1e-12)) (0 if
+    none), at least c(t) sqrt(max(A, 1e-12)) of each live box (monotone rounding)."""
+    inf = tf.constant(np.inf, terms.dtype)
+    centres, live_2 = terms[:, :, 4:6], live[:, :, tf.newaxis]
+    low = tf.reduce_min(tf.where(live_2, centres, inf), 1)
+    high = tf.reduce_max(tf.where(live_2, centres, -inf), 1)
+    root = tf.sqrt(tf.maximum(terms[:, :, 6], tf.cast(_MIN_AREA, terms.dtype)))
+    return low, high, scale * tf.reduce_max(tf.where(live, root, tf.zeros_like(root)), 1)
+
+
+def _near(a: tuple, b: tuple) -> tf.Tensor:
+    """[Na, Nb] bool: whether tiles a (`_summaries`) may hold a pair scoring <= t with tiles
+    b: their centres' extents are not farther apart in y or in x than the smaller reach. A
+    pair (p, q) scoring <= t has |dy|, |dx| <= c(t) sqrt(max(min(A_p, A_q), 1e-12))
+    (`_reach_scale`), at most the smaller reach, and the gap between the extents is at most
+    |dy| (|dx|): float subtraction is monotone."""
+    (low_a, high_a, reach_a), (low_b, high_b, reach_b) = a, b
+    gap = tf.maximum(low_a[:, tf.newaxis] - high_b, low_b - high_a[:, tf.newaxis])
+    reach = tf.minimum(reach_a[:, tf.newaxis], reach_b)[:, :, tf.newaxis]
+    return tf.reduce_all(gap <= reach, 2)
+
+
+def _block_edges(
+    rows: tuple[tf.Tensor, ...],
+    cols: tuple[tf.Tensor, ...],
+    pairs: tf.Tensor,
+    threshold: tf.Tensor,
+    diagonal: bool,
+    xla: bool,
+) -> tuple[tf.Tensor, ...]:
+    """The pairs scoring <= threshold of the blocks `pairs` [P, 2] (row tile, column tile).
+
+    rows, cols: (terms [N, T, 7] (`_terms`), slots [N, T] int32, codes [N, T] int32) of the
+    row and column tiles; a pair (r, c) of a block counts if code_r < code_c (what leaves
+    out padding, self pairs and pairs counted in another block). `diagonal`: rows and
+    columns are the same tiles, and a block of a tile against itself counts the pairs above
+    its diagonal only (row codes >= 0 become -1 in the other blocks).
+
+    Returns rows, cols [e] int32 slots, scores [e] of each such pair (one direction), the
+    inner-loop iterations [] (blocks of more than `BLOCK_SCORES` scores in all: a loop).
+    """
+    per_block = max(BLOCK_SCORES // (TILE * TILE), 1)
+
+    def block(p: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        a, b = p[:, 0], p[:, 1]
+        row_terms, col_terms = tf.gather(rows[0], a), tf.gather(cols[0], b)
+        if xla:
+            scores = _block_scores_xla(_padded(row_terms), _padded(col_terms))[: tf.size(a)]
+        else:
+            scores = _block_scores(row_terms, col_terms)  # [P, T, T]
+        row_code = tf.gather(rows[2], a)
+        if diagonal:
+            off = tf.logical_and(tf.not_equal(a, b)[:, tf.newaxis], row_code >= 0)
+            row_code = tf.where(off, -1, row_code)
+        counts = tf.logical_and(
+            scores <= threshold,
+            tf.expand_dims(row_code, 2) < tf.expand_dims(tf.gather(cols[2], b), 1),
+        )
+        at = tf.cast(tf.reshape(tf.where(tf.reshape(counts, [-1])), [-1]), tf.int32)
+        row = tf.gather(tf.reshape(tf.gather(rows[1], a), [-1]), at // TILE)
+        col = tf.gather(
+            tf.reshape(tf.gather(cols[1], b), [-1]), at // (TILE * TILE) * TILE + at % TILE
+        )
+        return row, col, tf.gather(tf.reshape(scores, [-1]), at)
+
+    num_pairs = tf.shape(pairs)[0]
 
     def one_block():
-        return (*_block(boxes, group, rows, cols, xla), tf.constant(0, tf.int32))
+        return (*block(pairs), tf.constant(0, tf.int32))
 
-    def row_blocks():
-        def body(i, lows, args):
-            part = rows[i * size : (i + 1) * size]
-            low, arg = _block(boxes, group, part, cols, xla)
-            return i + 1, lows.write(i, low), args.write(i, arg)
+    def blocks():
+        num = (num_pairs + per_block - 1) // per_block
 
-        count = (r + size - 1) // size
-        arrays = (
-            tf.TensorArray(boxes.dtype, size=count, infer_shape=False),
-            tf.TensorArray(tf.int32, size=count, infer_shape=False),
-        )
-        _, lows, args = tf.while_loop(lambda i, *_: i < count, body, (0, *arrays))
-        return lows.concat(), args.concat(), count
+        def body(i, *arrays):
+            edge = block(pairs[i * per_block : (i + 1) * per_block])
+            return (i + 1, *(a.write(i, x) for a, x in zip(arrays, edge, strict=True)))
 
-    low, arg, inner = tf.cond(r <= size, one_block, row_blocks)
-    return tf.reshape(low, [r]), tf.reshape(arg, [r]), inner
+        arrays = [
+            tf.TensorArray(dtype, size=num, infer_shape=False)
+            for dtype in (tf.int32, tf.int32, rows[0].dtype)
+        ]
+        _, *arrays = tf.while_loop(lambda i, *_: i < num, body, (0, *arrays))
+        return (*(a.concat() for a in arrays), num)
 
-
-def _rescore(boxes, group, low, arg, changed, stale, xla: bool) -> tuple[tf.Tensor, ...]:
-    """Best partners of all m clusters after a round, from those before it.
-
-    low, arg [m]: each cluster's best partner before the round (positions after it; m:
-    none), valid for the clusters whose box and best partner did not change; changed [m]
-    bool: clusters whose box changed; stale [m] bool: clusters to score against all others
-    (changed, or their best partner changed or merged away). The others keep their partner
-    unless a changed cluster scores lower (or equal, at a smaller position): scores
-    against the changed clusters only, [m, k] + [f, m] instead of [m, m], same results.
-    Returns low [m], arg [m], inner-loop iterations []."""
-    m = tf.shape(group, out_type=tf.int32)[0]
-    every = tf.range(m)
-    changed_at = tf.reshape(tf.where(changed), [-1])
-    stale_at = tf.cast(tf.reshape(tf.where(stale), [-1]), tf.int32)
-    k, f = tf.size(changed_at), tf.size(stale_at)
-
-    def incremental():
-        low_c, arg_c, inner_c = _best_partners(
-            boxes, group, every, tf.cast(changed_at, tf.int32), xla
-        )
-        better = tf.logical_or(low_c < low, tf.logical_and(tf.equal(low_c, low), arg_c < arg))
-        low_i, arg_i = tf.where(better, low_c, low), tf.where(better, arg_c, arg)
-        low_f, arg_f, inner_f = _best_partners(boxes, group, stale_at, every, xla)
-        at = stale_at[:, tf.newaxis]
-        return (
-            tf.tensor_scatter_nd_update(low_i, at, low_f),
-            tf.tensor_scatter_nd_update(arg_i, at, arg_f),
-            inner_c + inner_f,
-        )
-
-    return tf.cond(k + f < m, incremental, lambda: _best_partners(boxes, group, every, every, xla))
+    found = tf.cond(num_pairs <= per_block, one_block, blocks)
+    return (*(tf.reshape(x, [-1]) for x in found[:3]), found[3])
 
 
-def _round(sums, key, cls, group, low, arg, threshold, xla: bool) -> tuple[tf.Tensor, ...]:
-    """One round on the clusters (sorted by class, key): every mutual best pair at <=
-    threshold merges into its first member. sums [m, 6]: sums of the members' y0, x0, y1,
-    x1, the member count and the score sum; key, cls, group [m] int32; low [m], arg [m]:
-    each cluster's best partner (`_best_partners`).
+def _first_edges(
+    terms: tf.Tensor, alive: tf.Tensor, threshold: tf.Tensor, layout: _Layout, xla: bool
+) -> tuple[tf.Tensor, ...]:
+    """The pairs of live slots of one class scoring <= threshold (slots' `_terms` [S, 7],
+    alive [S]): (rows, cols [e] int32, scores [e], each pair once, either way round), the
+    inner-loop iterations []. Blocks of the layout's tiles against each other, each pair
+    of tiles once (`_near` ones of a class)."""
+    count = tf.size(layout.tile_group)
+    tiled = tf.reshape(terms, [count, TILE, 7])
+    live = tf.reshape(alive, [count, TILE])
+    summary = _summaries(tiled, live, _reach_scale(threshold))
+    index = tf.range(TILE)
+    slots = tf.range(count)[:, tf.newaxis] * TILE + index
+    once = tf.range(count)[:, tf.newaxis] <= tf.range(count)
+    same = tf.equal(layout.tile_group[:, tf.newaxis], layout.tile_group)
+    pairs = tf.where(tf.logical_and(tf.logical_and(_near(summary, summary), same), once))
+    rows = (tiled, slots, tf.where(live, index, tf.int32.max))
+    cols = (tiled, slots, tf.where(live, index, -2))
+    return _block_edges(rows, cols, tf.cast(pairs, tf.int32), threshold, True, xla)
 
-    Returns (sums, key, cls, group, low, arg) of the remaining clusters, pairs merged [],
-    inner-loop iterations []."""
-    m = tf.shape(key, out_type=tf.int32)[0]
-    position = tf.range(m)
-    partner = tf.minimum(arg, m - 1)
-    mutual = tf.logical_and(low <= threshold, tf.equal(tf.gather(arg, partner), position))
-    absorbs = tf.logical_and(mutual, arg > position)  # p of a pair p < q
-    stays = tf.logical_not(tf.logical_and(mutual, arg < position))  # not a q
+
+def _tiles_of(slots: tf.Tensor, layout: _Layout) -> tuple[tf.Tensor, tf.Tensor]:
+    """The slots [k] (ascending) cut into tiles of their own, per class (slot order keeps
+    nearby clusters together): (tile slots [N, TILE] int32, padding S; tile groups [N])."""
+    s = tf.size(layout.key)
+    group = tf.gather(layout.tile_group, slots // TILE)
+    groups = tf.reduce_max(tf.concat([layout.tile_group, [-1]], 0)) + 1
+    per_group = tf.math.unsorted_segment_sum(tf.ones_like(slots), group, groups)
+    rank = tf.range(tf.size(slots)) - tf.gather(tf.cumsum(per_group, exclusive=True), group)
+    tiles = (per_group + TILE - 1) // TILE
+    tile = tf.gather(tf.cumsum(tiles, exclusive=True), group) + rank // TILE
+    count = tf.reshape(tf.reduce_sum(tiles), [1])
+    at = tf.stack([tile, rank % TILE], 1)
+    tiled = tf.tensor_scatter_nd_update(tf.fill(tf.concat([count, [TILE]], 0), s), at, slots)
+    return tiled, tf.tensor_scatter_nd_update(tf.zeros(count, tf.int32), tile[:, None], group)
+
+
+def _new_edges(
+    terms: tf.Tensor,
+    alive: tf.Tensor,
+    changed: tf.Tensor,
+    threshold: tf.Tensor,
+    layout: _Layout,
+    xla: bool,
+) -> tuple[tf.Tensor, ...]:
+    """The pairs of live slots of one class scoring <= threshold with a changed one (slots'
+    `_terms` [S, 7], alive [S], changed [S]): (rows, cols [e] int32, scores [e], each pair
+    once, either way round), the inner-loop iterations [].
+
+    The changed slots and the live ones are cut into tiles of their own (`_tiles_of`); a
+    block scores a tile of changed slots against a tile of live ones (`_near` ones of its
+    class); a pair of two changed slots counts in the block of the smaller slot's row.
+    """
+    s = tf.size(layout.key)
+    padded = tf.concat([terms, tf.zeros([1, 7], terms.dtype)], 0)  # slot S: padding
+    row_slots, row_group = _tiles_of(tf.cast(tf.where(changed)[:, 0], tf.int32), layout)
+    col_slots, col_group = _tiles_of(tf.cast(tf.where(alive)[:, 0], tf.int32), layout)
+    row_terms, col_terms = tf.gather(padded, row_slots), tf.gather(padded, col_slots)
+    # A column counts against the changed rows if unchanged, else against smaller slots.
+    fresh = tf.gather(tf.concat([changed, [True]], 0), col_slots)
+    col_code = tf.where(col_slots < s, tf.where(fresh, col_slots, s), -1)
+    scale = _reach_scale(threshold)
+    near = _near(
+        _summaries(row_terms, row_slots < s, scale), _summaries(col_terms, col_slots < s, scale)
+    )
+    same = tf.equal(row_group[:, tf.newaxis], col_group)
+    pairs = tf.cast(tf.where(tf.logical_and(near, same)), tf.int32)
+    rows = (row_terms, row_slots, row_slots)  # padding: code S, never below a column's
+    cols = (col_terms, col_slots, col_code)
+    return _block_edges(rows, cols, pairs, threshold, False, xla)
+
+
+def _partners(edges: tuple[tf.Tensor, ...], layout: _Layout) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each slot's best partner among its edges (rows, cols, scores; each pair once, either
+    way round): low [S] (the lowest score, inf if none), arg [S] int32 (the slot of the
+    smallest key at that score, S if none)."""
+    rows, cols = tf.concat([edges[0], edges[1]], 0), tf.concat([edges[1], edges[0]], 0)
+    scores = tf.concat([edges[2], edges[2]], 0)
+    s = tf.size(layout.key)
+    low = tf.math.unsorted_segment_min(scores, rows, s)
+    at_low = tf.equal(scores, tf.gather(low, rows))
+    none = tf.int32.max  # also the segment min of nothing
+    arg = tf.math.unsorted_segment_min(tf.where(at_low, tf.gather(layout.key, cols), none), rows, s)
+    found = arg < none
+    arg = tf.gather(layout.slot_of_key, tf.where(found, arg, 0))
+    return tf.where(found, low, tf.constant(np.inf, low.dtype)), tf.where(found, arg, s)
+
+
+def _round(sums, alive, edges, low, arg, threshold, layout: _Layout, xla: bool) -> tuple:
+    """One round: every mutual best pair of live slots at <= threshold merges into the one
+    with the smaller key. sums [S, 6]: sums of the members' y0, x0, y1, x1, the member
+    count and the score sum; alive [S] bool; edges: (rows, cols, scores) of the pairs of
+    live slots scoring <= threshold (`_new_edges`); low [S], arg [S]: each slot's best
+    partner (`_partners`).
+
+    Returns (sums, alive, edges, low, arg) after the round, pairs merged [], inner-loop
+    iterations []."""
+    s = tf.size(layout.key)
+    partner = tf.minimum(arg, s - 1)
+    mutual = tf.logical_and(low <= threshold, tf.equal(tf.gather(arg, partner), tf.range(s)))
+    first = layout.key < tf.gather(layout.key, partner)
+    absorbs = tf.logical_and(mutual, first)
     sums = sums + tf.where(absorbs[:, tf.newaxis], tf.gather(sums, partner), tf.zeros_like(sums))
-    index = tf.reshape(tf.where(stays), [-1])  # one Where: one size read back per round
-    # Positions after the compaction (m: none); clusters whose best partner merged are stale.
-    new_position = tf.concat([tf.cumsum(tf.cast(stays, tf.int32)) - 1, [tf.size(index)]], 0)
-    partner_moved = tf.logical_and(arg < m, tf.gather(mutual, partner))
-    kept = [tf.gather(x, index) for x in (sums, key, cls, group, low, arg, absorbs)]
-    sums, key, cls, group, low, arg, changed = kept
-    stale = tf.logical_or(changed, tf.gather(partner_moved, index))
-    boxes = _means(sums)
-    low, arg, inner = _rescore(boxes, group, low, tf.gather(new_position, arg), changed, stale, xla)
+    alive = tf.logical_and(alive, tf.logical_or(tf.logical_not(mutual), first))
+    # Edges between slots that did not merge keep their scores; the merged ones' are new.
+    rows, cols, scores = edges
+    fixed = tf.logical_not(mutual)
+    keep = tf.where(tf.logical_and(tf.gather(fixed, rows), tf.gather(fixed, cols)))[:, 0]
+    new = _new_edges(_terms(_means(sums)), alive, absorbs, threshold, layout, xla)
+    edges = tuple(
+        tf.concat([tf.gather(old, keep), found], 0)
+        for old, found in zip((rows, cols, scores), new[:3], strict=True)
+    )
+    low, arg = _partners(edges, layout)
     merged = tf.reduce_sum(tf.cast(absorbs, tf.int32))
-    return sums, key, cls, group, low, arg, merged, inner
+    return sums, alive, edges, low, arg, merged, new[3]
 
 
 def _means(sums: tf.Tensor) -> tf.Tensor:
@@ -295,37 +476,31 @@ def _means(sums: tf.Tensor) -> tf.Tensor:
 
 def _initial_clusters(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor) -> tuple:
     """(sums [K, 6], key, cls, group [K]) of the clusters before the first round, sorted by
-    (class, key): boxes of a class with identical coordinates form one cluster (they score
-    0 and would otherwise take one round per copy). group: the class's rank (0, 1, ...)."""
+    class: boxes of a class with identical coordinates form one cluster (they score 0 and
+    would otherwise take one round per copy). key: the cluster's smallest input index;
+    group: the class's rank (0, 1, ...)."""
     n = tf.shape(classes, out_type=tf.int32)[0]
     order = tf.range(n)
     # Sorted by (class, y0, x0, y1, x1), input order among equals: stable sorts, last key first.
     for column in (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], classes):
         order = tf.gather(order, tf.argsort(tf.gather(column, order), stable=True))
     sorted_boxes, sorted_classes = tf.gather(boxes, order), tf.gather(classes, order)
+    new_class = tf.not_equal(sorted_classes[1:], sorted_classes[:-1])
     differs = tf.logical_or(
-        tf.reduce_any(tf.not_equal(sorted_boxes[1:], sorted_boxes[:-1]), axis=1),
-        tf.not_equal(sorted_classes[1:], sorted_classes[:-1]),
+        tf.reduce_any(tf.not_equal(sorted_boxes[1:], sorted_boxes[:-1]), axis=1), new_class
     )
     is_first = tf.concat([tf.ones([tf.minimum(n, 1)], tf.bool), differs], 0)
     same = tf.cumsum(tf.cast(is_first, tf.int32)) - 1  # [N] cluster of each sorted box
     count = tf.math.segment_sum(tf.ones([n], boxes.dtype), same)
     score = tf.math.segment_sum(tf.gather(scores, order), same)
-    box = tf.boolean_mask(sorted_boxes, is_first)
-    key = tf.boolean_mask(order, is_first)  # the first of a group has the smallest index
-    cls = tf.boolean_mask(sorted_classes, is_first)
-    by_key = tf.argsort(key, stable=True)
-    order = tf.gather(by_key, tf.argsort(tf.gather(cls, by_key), stable=True))
-    sums = tf.concat([box * count[:, None], count[:, None], score[:, None]], axis=1)
-    cls = tf.gather(cls, order)
-    new_class = tf.concat(
-        [
-            tf.zeros([tf.minimum(tf.size(cls), 1)], tf.int32),
-            tf.cast(tf.not_equal(cls[1:], cls[:-1]), tf.int32),
-        ],
-        0,
+    group = tf.cumsum(
+        tf.cast(tf.concat([tf.zeros([tf.minimum(n, 1)], tf.bool), new_class], 0), tf.int32)
     )
-    return tf.gather(sums, order), tf.gather(key, order), cls, tf.cumsum(new_class)
+    box = tf.boolean_mask(sorted_boxes, is_first)
+    sums = tf.concat([box * count[:, None], count[:, None], score[:, None]], axis=1)
+    key = tf.boolean_mask(order, is_first)  # the first of a group has the smallest index
+    picked = (tf.boolean_mask(x, is_first) for x in (sorted_classes, group))
+    return (sums, key, *picked)
 
 
 def _rank(sums: tf.Tensor, key: tf.Tensor, cls: tf.Tensor, max_output: int) -> MergeResult:
@@ -346,6 +521,33 @@ def _rank(sums: tf.Tensor, key: tf.Tensor, cls: tf.Tensor, max_output: int) -> M
     return MergeResult(*(padded(x) for x in picked), num_merged)
 
 
+def _rounds(boxes, scores, classes, threshold, xla: bool) -> tuple:
+    """The merge up to the output: (sums, alive, layout, iterations [])."""
+    sums, key, cls, group = _initial_clusters(boxes, scores, classes)
+    sums, alive, layout = _slots(sums, key, cls, group, tf.size(classes))
+    *edges, first = _first_edges(_terms(_means(sums)), alive, threshold, layout, xla)
+    low, arg = _partners(edges, layout)
+
+    def body(state, merged, iterations):
+        *state, merged, inner = _round(*state, threshold, layout, xla)
+        return tuple(state), merged, iterations + 1 + inner
+
+    vector = tf.TensorShape([None])
+    state, _, iterations = tf.while_loop(
+        lambda state, merged, _: tf.logical_and(
+            merged > 0, tf.reduce_sum(tf.cast(state[1], tf.int32)) >= 2
+        ),
+        body,
+        ((sums, alive, tuple(edges), low, arg), tf.constant(1, tf.int32), first),
+        shape_invariants=(
+            (tf.TensorShape([None, 6]), vector, (vector,) * 3, vector, vector),
+            tf.TensorShape([]),
+            tf.TensorShape([]),
+        ),
+    )
+    return state[0], state[1], layout, iterations
+
+
 @tf.function(reduce_retracing=True, autograph=False)
 def _merge_graph(
     boxes: tf.Tensor,
@@ -356,25 +558,10 @@ def _merge_graph(
     xla: bool,
 ) -> tuple[MergeResult, tf.Tensor]:
     """`merge_boxes` on checked inputs, as a graph: (MergeResult, iterations [])."""
-    sums, key, cls, group = _initial_clusters(boxes, scores, classes)
-    every = tf.range(tf.shape(key, out_type=tf.int32)[0])
-    low, arg, first = _best_partners(_means(sums), group, every, every, xla)
-
-    def body(state, merged, iterations):
-        *state, merged, inner = _round(*state, threshold, xla)
-        return tuple(state), merged, iterations + 1 + inner
-
-    state, _, iterations = tf.while_loop(
-        lambda state, merged, _: tf.logical_and(merged > 0, tf.shape(state[1])[0] >= 2),
-        body,
-        ((sums, key, cls, group, low, arg), tf.constant(1, tf.int32), first),
-        shape_invariants=(
-            (tf.TensorShape([None, 6]), *[tf.TensorShape([None])] * 5),
-            tf.TensorShape([]),
-            tf.TensorShape([]),
-        ),
-    )
-    return _rank(*state[:3], max_output), iterations
+    sums, alive, layout, iterations = _rounds(boxes, scores, classes, threshold, xla)
+    live = tf.reshape(tf.where(alive), [-1])
+    picked = (tf.gather(x, live) for x in (sums, layout.key, layout.cls))
+    return _rank(*picked, max_output), iterations
 
 
 def _check_inputs(

@@ -321,7 +321,7 @@ def batch_plan(sizes: tf.Tensor, max_batch: int, max_pixels: int) -> tuple[tf.Te
     order = tf.argsort(group, stable=True)
     sorted_group = tf.gather(group, order)
     position = tf.range(count)
-    first = tf.math.unsorted_segment_min(position, sorted_group, tf.reduce_max(group) + 1)
+    first = tf.math.unsorted_segment_min(position, sorted_group, count)  # <= count groups
     rank = position - tf.gather(first, sorted_group)  # index within its group
     pixels = tf.gather(sizes[:, 0] * sizes[:, 1], order)
     per_chunk = tf.clip_by_value(max_pixels // tf.maximum(pixels, 1), 1, max_batch)

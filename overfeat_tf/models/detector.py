@@ -585,6 +585,11 @@ class OverFeatDetector(keras.Model):
         """Detections of one image `[H, W, 3]` (RGB 0..255, any size and real/uint dtype),
         with `options` (any of `REQUEST_OPTIONS`, as in `detect_images`; none: the
         detector's own): `detect_images` on a batch of one, unbatched."""
+        unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown call options {unknown}; expected some of {list(REQUEST_OPTIONS)}."
+            )
         image = tf.convert_to_tensor(image)
         if image.shape.rank != 3:
             raise ValueError(f"Expected one image [H, W, 3], got shape {image.shape}.")

@@ -13,8 +13,16 @@ For one encoded JPEG of a typical size (320x400), in the same process and run:
 Overhead = serving / (forward + merge) - 1. Each is timed after a warm-up, `--repeats`
 times interleaved (the machine is shared), median reported.
 
+`--batched`: requests of 1, 4 and 8 same-size JPEGs (320x400, different images) to
+`serving_default`, which runs images of one size through the network together
+(`ExportOptions.max_batch`), against the same images sent one request each, one after
+another; and one mixed-size request (8 images, 4 sizes) against its images one by one.
+Wall and CPU time (all threads of the process), interleaved, medians and the median of the
+paired ratios batched / one-by-one.
+
     python benchmarks/bench_serving.py                       # tiny and fast, JSON on stdout
     python benchmarks/bench_serving.py --models tiny --write # update BENCHMARKS.md
+    python benchmarks/bench_serving.py --batched --repeats 3 --write  # "Batched requests"
 """
 
 from __future__ import annotations
@@ -236,18 +244,156 @@ signature's detections equal `detect_tensor`'s in the run: {same}.
 """
 
 
+# --- batched requests -----------------------------------------------------------------------
+
+BATCH_SIZES = (1, 4, 8)
+# the mixed request: 8 images of 4 sizes (a portrait one among them), in a shuffled order
+MIXED_SIZES = ((320, 400), (400, 320), (300, 500), (320, 400), (240, 320), (300, 500))
+MIXED_SIZES += ((400, 320), (320, 400))
+
+
+def bench_batched(architecture: str, scales: tuple | None, repeats: int) -> dict[str, Any]:
+    """Batched vs one-by-one requests of one architecture (random he_normal weights)."""
+    model = OverFeat(
+        architecture,
+        num_classes=NUM_CLASSES,
+        regressor="class_specific",
+        background=True,
+        kernel_initializer="he_normal",
+    )
+    detector = OverFeatDetector(model, scales=scales)
+    options = serving.ExportOptions()
+    same_size = [test_jpeg(IMAGE_SIZE, seed) for seed in range(max(BATCH_SIZES))]
+    mixed = [test_jpeg(size, 100 + i) for i, size in enumerate(MIXED_SIZES)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = serving.export_model(detector, tmp, options=options)
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+
+        def together(images: list[bytes]) -> Callable[[], Any]:
+            return lambda: signature(images=tf.constant(images))
+
+        def one_by_one(images: list[bytes]) -> Callable[[], Any]:
+            return lambda: [signature(images=tf.constant([image])) for image in images]
+
+        requests = {f"{n} images": same_size[:n] for n in BATCH_SIZES}
+        requests["mixed"] = mixed
+        fns: dict[str, Callable[[], Any]] = {}
+        for name, images in requests.items():
+            fns[f"{name} batched"] = together(images)
+            fns[f"{name} one-by-one"] = one_by_one(images)
+        wall, cpu = _interleaved(fns, repeats)
+        # the same detections either way (counts and classes; boxes to float32 rounding)
+        same = True
+        for images in requests.values():
+            batch = signature(images=tf.constant(images))
+            for b, image in enumerate(images):
+                alone = signature(images=tf.constant([image]))
+                n = int(alone["num_detections"][0])
+                same &= int(batch["num_detections"][b]) == n
+                same &= bool(
+                    np.array_equal(
+                        batch["detection_classes"][b, :n], alone["detection_classes"][0, :n]
+                    )
+                )
+                same &= bool(
+                    np.allclose(
+                        batch["detection_boxes"][b, :n], alone["detection_boxes"][0, :n], atol=1e-5
+                    )
+                )
+    rows = []
+    for name, images in requests.items():
+        bw, ow = wall[f"{name} batched"], wall[f"{name} one-by-one"]
+        bc, oc = cpu[f"{name} batched"], cpu[f"{name} one-by-one"]
+        sizes = sorted({tuple(tf.image.decode_jpeg(i).shape[:2]) for i in images})
+        rows.append(
+            {
+                "request": name,
+                "images": len(images),
+                "sizes": [f"{h}x{w}" for h, w in sizes],
+                "batched_ms": _median_ms(bw),
+                "one_by_one_ms": _median_ms(ow),
+                "wall_ratio": round(
+                    statistics.median(b / o for b, o in zip(bw, ow, strict=True)), 3
+                ),
+                "batched_cpu_ms": _median_ms(bc),
+                "one_by_one_cpu_ms": _median_ms(oc),
+                "cpu_ratio": round(
+                    statistics.median(b / o for b, o in zip(bc, oc, strict=True)), 3
+                ),
+            }
+        )
+    return {
+        "model": architecture,
+        "scales": list(scales or default_scales(model.config)),
+        "flips": detector.flips,
+        "max_batch": options.max_batch,
+        "repeats": repeats,
+        "same_detections": same,
+        "requests": rows,
+    }
+
+
+def _batched_table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| model | request | batched wall ms | one-by-one wall ms | wall ratio | "
+        "batched CPU ms | one-by-one CPU ms | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for q in r["requests"]:
+            what = (
+                f"{q['images']} x {q['sizes'][0]}"
+                if len(q["sizes"]) == 1
+                else f"{q['images']} mixed ({', '.join(q['sizes'])})"
+            )
+            rows.append(
+                f"| {r['model']} | {what} | {q['batched_ms']:.0f} | {q['one_by_one_ms']:.0f} | "
+                f"{q['wall_ratio']:.2f} | {q['batched_cpu_ms']:.0f} | "
+                f"{q['one_by_one_cpu_ms']:.0f} | {q['cpu_ratio']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+def _batched_body(results: list[dict[str, Any]], command: str) -> str:
+    same = all(r["same_detections"] for r in results)
+    repeats = ", ".join(f"{r['model']} {r['repeats']}" for r in results)
+    return f"""Machine: {machine()}.
+Command: `{command}`.
+
+Requests to the exported `serving_default` (reloaded with `tf.saved_model.load`, export
+defaults: `max_batch` {results[0]["max_batch"]}): n different {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}
+JPEGs in one request, which runs them through the pyramid and the network as one batch per
+level, against the same n images sent one request each, one after another; and one request of
+8 images of 4 sizes (grouped by size inside the graph) against its images one by one. Random
+`he_normal` weights, {NUM_CLASSES} classes + background, class-specific regressor, the net's
+default scales (6) x 2 flips, fine stride, top-k 5. One warm-up each, then every request in
+turn ({repeats} repeats), medians; the ratios are the medians of each repeat's batched /
+one-by-one pair (neighbours in time). Detections equal between the two ways (counts, classes,
+boxes to 1e-5): {same}.
+
+{_batched_table(results)}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "fast"])
     parser.add_argument("--scales", nargs="+", default=None, help="e.g. 231 263 (default: net's)")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batched", action="store_true", help="batched vs one-by-one requests")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
     scales = None if args.scales is None else parse_scales(args.scales)
+    command = "python benchmarks/bench_serving.py " + " ".join(argv or sys.argv[1:])
+    if args.batched:
+        results = [bench_batched(name, scales, args.repeats) for name in args.models]
+        print(json.dumps(results, indent=2))
+        if args.write:
+            write_section("Batched requests", _batched_body(results, command.strip()))
+        return 0
     results = [bench_model(name, scales, args.repeats) for name in args.models]
     print(json.dumps(results, indent=2))
     if args.write:
-        command = "python benchmarks/bench_serving.py " + " ".join(argv or sys.argv[1:])
         write_section("Serving overhead", _body(results, command.strip()))
     return 0
 

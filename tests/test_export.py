@@ -149,6 +149,14 @@ def test_signature_shapes(loaded):
     assert (string_in.dtype, string_in.shape.as_list()) == (tf.string, [None])
     uint8_in = sigs["detect_images"].structured_input_signature[1]["images"]
     assert (uint8_in.dtype, uint8_in.shape.as_list()) == (tf.uint8, [None, None, None, 3])
+    with_options = sigs["detect_with_options"].structured_input_signature[1]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in with_options.items()} == {
+        "images": (tf.string, [None]),
+        "score_threshold": (tf.float32, [None]),
+        "max_detections": (tf.int32, [None]),
+        "merge_threshold": (tf.float32, [None]),
+        "top_k": (tf.int32, [None]),
+    }
     out = sigs["serving_default"](images=_strings("rgb.jpg", "rgb.png"))
     assert out["detection_boxes"].shape == (2, 20, 4)
     assert out["detection_boxes"].dtype == tf.float32
@@ -248,6 +256,44 @@ def test_detect_images_equals_serving_default_on_lossless_images(loaded):
     from_bytes = loaded.signatures["serving_default"](images=encoded)
     for key, value in from_bytes.items():
         np.testing.assert_array_equal(from_tensor[key].numpy(), value.numpy(), err_msg=key)
+
+
+def test_batch_plan_groups_images_by_size_in_chunks():
+    sizes = tf.constant([[240, 320], [250, 250], [240, 320], [240, 320], [250, 250]], tf.int64)
+    order, starts = serving.batch_plan(sizes, max_batch=2, max_pixels=10**9)
+    assert order.numpy().tolist() == [0, 2, 3, 1, 4]  # groups in order of their first image
+    assert starts.numpy().tolist() == [0, 2, 3, 5]  # chunks [0, 2], [3], [1, 4]
+    # at most max_pixels decoded pixels per chunk (but always one image)
+    order, starts = serving.batch_plan(sizes, max_batch=8, max_pixels=2 * 240 * 320)
+    assert starts.numpy().tolist() == [0, 2, 3, 5]
+    _, starts = serving.batch_plan(sizes, max_batch=8, max_pixels=1000)
+    assert starts.numpy().tolist() == [0, 1, 2, 3, 4, 5]
+    order, starts = serving.batch_plan(tf.zeros([0, 2], tf.int64), 8, 1000)
+    assert order.numpy().tolist() == [] and starts.numpy().tolist() == [0]
+
+
+def test_a_mixed_request_answers_what_each_image_alone_does(loaded):
+    """Images of one size run through the network together (here 3 + 2 of two sizes, mixed):
+    each image's answer is what it gets alone, up to the convolutions' rounding (oneDNN may
+    block a batch differently: a last-bit difference in a box at most)."""
+    sizes = [(240, 320), (250, 250), (240, 320), (240, 320), (250, 250)]
+    encoded = [tf.io.encode_png(_pixels(h, w, 3, 20 + i)).numpy() for i, (h, w) in enumerate(sizes)]
+    serve = loaded.signatures["serving_default"]
+    together = serve(images=tf.constant(encoded))
+    for b, contents in enumerate(encoded):
+        alone = serve(images=tf.constant([contents]))
+        n = int(alone["num_detections"][0])
+        assert int(together["num_detections"][b]) == n > 0, b
+        for key in ("detection_classes", "detection_class_names", "classes"):
+            np.testing.assert_array_equal(together[key][b], alone[key][0], err_msg=key)
+        got, want = together["detection_scores"][b], alone["detection_scores"][0]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        got, want = together["detection_boxes"][b], alone["detection_boxes"][0]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        np.testing.assert_allclose(together["scores"][b], alone["scores"][0], rtol=1e-6)
+    # and an empty request is an empty answer
+    empty = serve(images=tf.zeros([0], tf.string))
+    assert empty["detection_boxes"].shape == (0, 20, 4) and empty["num_detections"].shape == (0,)
 
 
 def test_classify_equals_the_multi_scale_class_scores(exported, loaded):

@@ -1,17 +1,29 @@
 """Export an OverFeat model as a TF Serving SavedModel, everything in TF ops.
 
     encoded images tf.string [B]  (JPEG / PNG / GIF / BMP, any sizes, mixed in one batch)
-      -> tf.map_fn over the batch, one image at a time:
-           header checks (empty, unknown format, zero size, over `max_pixels`), then decode
-           -> `OverFeatDetector.detect_fn`: pyramid (scales x flips) -> OverFeat at the
-              fine/coarse stride -> top-k classes per level, every window's box in pixels
-              of the original image -> the merge (paper §4.3), the best `max_detections`
-              merged boxes, normalized yxyx -> top-5 of the multi-scale classification
-      -> outputs padded to fixed sizes and stacked: [B, N, 4], [B, N], [B, 5], ...
+      + per-image options [B] (`detect_with_options`; `serving_default`: the export's own)
+      -> options checked; every image's header checked (empty, unknown format, zero size,
+         over `max_pixels`) and its size read, before any pixel is decoded
+      -> images grouped by size (`batch_plan`), each group cut into chunks of at most
+         `max_batch` images (and `max_pixels` decoded pixels); a while loop over chunks:
+           decode the chunk's images -> `OverFeatDetector.batch_fn` on the stacked
+           `[n, H, W, 3]`: pyramid (scales x flips) -> OverFeat at the fine/coarse stride,
+           ONE batch per level -> per image, with its options: top-k classes per level,
+           every window's box in pixels of the original image, score filter -> the merge
+           (paper §4.3), the best `max_detections` merged boxes, normalized yxyx -> top-5 of
+           the multi-scale classification
+      -> outputs written back in request order, padded to fixed sizes: [B, N, 4], [B, N], ...
 
 Signatures (all inputs are raw images, RGB 0..255 after decoding; no Python op anywhere):
 
 - `serving_default`: `images` tf.string `[B]` (encoded) -> detection + top-5 (below).
+- `detect_with_options`: `images` tf.string `[B]` and, one value per image, `score_threshold`
+  float32 `[B]` (in [0, 1]), `max_detections` int32 `[B]` (in [1, N]), `merge_threshold`
+  float32 `[B]` (finite, > 0; with an NMS decoder its IoU threshold, in (0, 1]) and `top_k`
+  int32 `[B]` (in [1, C], C = the number of classes) -> the same outputs as
+  `serving_default` (still N rows; past an image's `max_detections` they are padding). With
+  the export's own values (`request_options` in the metadata) it answers bitwise what
+  `serving_default` does: both run the same function, `serving_default` with those values.
 - `detect_images`: `images` uint8 `[B, H, W, 3]` -> the same outputs as `serving_default`.
 - `classify`: `images` tf.string `[B]` -> `classes` `[B, 5]` int32, `scores` `[B, 5]` float32,
   `class_names` `[B, 5]` string.
@@ -39,25 +51,34 @@ different sizes, so `feature_maps` holds each map zero-padded at the bottom/righ
 largest map of the batch, and `feature_map_sizes` the valid `(h, w)` of each.
 
 A bad image (empty string, bytes of no supported format, corrupt data, a zero-sized image,
-more than `max_pixels` pixels, which is checked from the header before any pixel is decoded)
-or a request of more than `max_images` images fails the request with `InvalidArgumentError`
-and a message naming the problem (input bytes appear only in hex); the model stays loaded and
-the next request works. Images run one after another (`parallel_iterations=1`) so one request
-holds at most one decoded image and its pyramid in memory, and every pyramid level is bounded
-by its scale and `max_aspect_ratio` (`pyramid`), whatever the image's shape: what a request
-can cost is `request_bounds`, stored in the metadata.
+more than `max_pixels` pixels, which is checked from the header before any pixel is decoded),
+a request of more than `max_images` images, or a bad option (out of its range, not finite,
+not one value per image) fails the request with `InvalidArgumentError` and a message naming
+the problem (the option and its allowed range; input bytes only in hex); the model stays
+loaded and the next request works.
+
+Batches. Images of one size run through the network together, one chunk at a time (chunks
+run one after another): a chunk holds at most `max_batch` images and at most `max_pixels`
+decoded pixels (or one image, if it alone is that large), so a request holds at most one
+chunk's decoded images and their pyramids in memory, and every pyramid level is bounded by
+its scale and `max_aspect_ratio` (`pyramid`), whatever the image's shape: what a request can
+cost is `request_bounds`, stored in the metadata. An image's detections do not depend on
+which images share its request beyond the rounding of the convolutions: CPU (oneDNN) kernels
+may block a batch of n images differently from a batch of one, so a box can differ in its
+last float32 bit (about 1e-7 of the image; classes, scores and counts were equal in the
+tests), bitwise equal for the same chunk.
 
 The options (the detector's and the export's) and class names are stored twice: as the
 `metadata` signature and as the file `<version>/assets.extra/overfeat_export.json` (TF
 Serving's directory for extra files, which it does not load), so a client can read what it
 is talking to without running a graph.
 
-The detection signatures run the detector's own decode path, `OverFeatDetector.detect_fn`, as
+The detection signatures run the detector's own decode path, `OverFeatDetector.batch_fn`, as
 `predict`, `model(images)` and the notebook `detect` do, so an export answers what the
-`.keras` detector does. Placement
-for GPU serving: decoding and the header checks are pinned to the CPU; the network, box
-decoding and the merge carry no device, so TF Serving places them on the GPU when it has one
-(nothing in the graph needs XLA or a Python op).
+`.keras` detector does. Placement for GPU serving: decoding, the header checks and the batch
+plan are pinned to the CPU; the network, box decoding and the merge carry no device, so TF
+Serving places them on the GPU when it has one (nothing in the graph needs XLA or a Python
+op).
 
 Writing: `export_model` writes into a hidden temporary directory inside `export_dir` and
 renames it to `export_dir/<version>` (`atomic.atomic_path`; TF Serving only picks up numeric
@@ -81,6 +102,8 @@ from overfeat_tf.models.backbone import backbone_of
 from overfeat_tf.models.decoders import BoxMergeDecoder
 from overfeat_tf.models.detector import (
     BOX_OPTIONS,
+    REQUEST_DTYPES,
+    REQUEST_OPTIONS,
     TOP_CLASSES,
     OverFeatDetector,
     as_detector,
@@ -94,11 +117,19 @@ from overfeat_tf.release.features import FEATURE_LAYER, feature_model, min_input
 from overfeat_tf.utils.atomic import atomic_path
 from overfeat_tf.utils.version import __version__
 
-SIGNATURES = ("serving_default", "detect_images", "classify", "features", "metadata")
+SIGNATURES = (
+    "serving_default",
+    "detect_with_options",
+    "detect_images",
+    "classify",
+    "features",
+    "metadata",
+)
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "overfeat_export.json"
 FORMAT = "overfeat_tf.export.serving/1"
 DEFAULT_MAX_IMAGES = 32
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +141,9 @@ class ExportOptions:
         max_pixels: bound on `height * width` of an input image (checked before decoding).
         max_images: bound on the images of one request (every signature): a request of
             more fails with `InvalidArgument` before any image is decoded.
+        max_batch: images of one size run through the network together in chunks of at
+            most this many (and at most `max_pixels` decoded pixels); 1 runs every image
+            alone.
         feature_layer: the `features` signature's layer: a name ("fc7_linear", "fc7",
             "pool5", ...) or OverFeat's layer number (`features.layer_names`); default the
             release's `-f` layer, fc7 before its ReLU.
@@ -119,11 +153,12 @@ class ExportOptions:
 
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
     max_images: int = DEFAULT_MAX_IMAGES
+    max_batch: int = DEFAULT_MAX_BATCH
     feature_layer: str | int = FEATURE_LAYER
     feature_size: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_images"):
+        for name in ("max_pixels", "max_images", "max_batch"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}.")
         if self.feature_size is not None and not (
@@ -201,6 +236,7 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
         },
         "class_names": class_names(model),
         "options": {**detection, **resolved.to_dict()},
+        "request_options": request_options(detector),
         "signatures": list(SIGNATURES),
         "box_format": "[ymin, xmin, ymax, xmax] normalized to the original image",
         "input": "RGB; images of more than max_pixels pixels are rejected",
@@ -208,13 +244,29 @@ def export_metadata(model: keras.Model, options: ExportOptions) -> dict[str, Any
     }
 
 
+def request_options(detector: OverFeatDetector) -> dict[str, Any]:
+    """`detect_with_options`' inputs besides `images`: for each, its dtype, the export's
+    own value (what `serving_default` runs with) and its range (JSON-ready)."""
+    defaults, ranges = detector.request_defaults(), detector.request_ranges()
+    return {
+        name: {
+            "dtype": REQUEST_DTYPES[name].name,
+            "default": defaults[name],
+            **ranges[name].to_dict(),
+        }
+        for name in REQUEST_OPTIONS
+    }
+
+
 def request_bounds(detector: OverFeatDetector, options: ExportOptions) -> dict[str, Any]:
     """What one request of an export of `detector` can cost at most, in pixels, whatever its
     images (`options` with the feature size resolved).
 
-    A request holds at most `max_images` images, decoded one at a time, each of at most
-    `max_pixels` pixels; each image's pyramid level at scale S is at most
-    `pyramid.max_level_size` (long side <= S * max_aspect_ratio), times 2 with flips.
+    A request holds at most `max_images` images, each of at most `max_pixels` pixels; they
+    run in chunks of images of one size, one chunk at a time, each of at most `max_batch`
+    images and `max_pixels` decoded pixels (or one larger image). Each image's pyramid level
+    at scale S is at most `pyramid.max_level_size` (long side <= S * max_aspect_ratio), times
+    2 with flips: `max_pyramid_pixels` per image, `max_batch` times that per chunk.
     """
     ratio = detector.max_aspect_ratio
     config = detector.backbone.config
@@ -222,12 +274,15 @@ def request_bounds(detector: OverFeatDetector, options: ExportOptions) -> dict[s
     copies = 2 if detector.flips else 1
     side = options.feature_size
     feature = side * int(side * ratio) if side else options.max_pixels
+    pyramid_pixels = copies * sum(a * b for a, b in levels)
     return {
         "max_images": options.max_images,
         "max_pixels": options.max_pixels,
+        "max_batch": options.max_batch,
         "max_aspect_ratio": ratio,
         "max_level_sizes": [list(level) for level in levels],
-        "max_pyramid_pixels": copies * sum(a * b for a, b in levels),
+        "max_pyramid_pixels": pyramid_pixels,
+        "max_batch_pyramid_pixels": options.max_batch * pyramid_pixels,
         "max_feature_pixels": feature,
     }
 
@@ -244,6 +299,77 @@ def checked_count(images: tf.Tensor, max_images: int) -> tf.Tensor:
     )
     check = tf.debugging.Assert(count <= max_images, ["Too many images:", count, message])
     return image_io.after(images, check)
+
+
+def batch_plan(sizes: tf.Tensor, max_batch: int, max_pixels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """How a request's images run: grouped by size, each group cut into chunks.
+
+    Args:
+        sizes: int64 `[B, 2]`, (height, width) of each image (> 0, checked).
+        max_batch: at most this many images per chunk.
+        max_pixels: at most this many pixels per chunk (height * width * images), except
+            that a chunk always holds at least one image.
+
+    Returns:
+        `order` int32 `[B]`: the images' indices, grouped by size (groups in the order of
+        their first image, request order within a group); `starts` int32 `[K + 1]`: chunk k
+        is `order[starts[k]:starts[k + 1]]` (K chunks; `starts[K]` = B).
+    """
+    count = tf.shape(sizes)[0]
+    key = sizes[:, 0] * (1 << 32) + sizes[:, 1]  # sides < 2^31: one int64 per size
+    _, group = tf.unique(key, out_idx=tf.int32)
+    order = tf.argsort(group, stable=True)
+    sorted_group = tf.gather(group, order)
+    position = tf.range(count)
+    first = tf.math.unsorted_segment_min(position, sorted_group, count)  # <= count groups
+    rank = position - tf.gather(first, sorted_group)  # index within its group
+    pixels = tf.gather(sizes[:, 0] * sizes[:, 1], order)
+    per_chunk = tf.clip_by_value(max_pixels // tf.maximum(pixels, 1), 1, max_batch)
+    starts = tf.where(tf.equal(tf.cast(rank, tf.int64) % per_chunk, 0))[:, 0]
+    return order, tf.concat([tf.cast(starts, tf.int32), [count]], 0)
+
+
+def _run_chunks(
+    count: tf.Tensor,
+    order: tf.Tensor,
+    starts: tf.Tensor,
+    load: Callable[[tf.Tensor], tf.Tensor],
+    detect: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
+    spec: dict[str, tf.TensorSpec],
+) -> dict[str, tf.Tensor]:
+    """`detect(load(chunk), chunk)` on each chunk of the plan, one after another, the
+    outputs written back in request order: `[count, ...]` per key of `spec`."""
+    arrays = {
+        key: tf.TensorArray(s.dtype, size=count, element_shape=s.shape) for key, s in spec.items()
+    }
+
+    def body(k: tf.Tensor, arrays: dict[str, tf.TensorArray]) -> tuple:
+        chunk = order[starts[k] : starts[k + 1]]
+        out = detect(load(chunk), chunk)
+        return k + 1, {key: arrays[key].scatter(chunk, out[key]) for key in spec}
+
+    chunks = tf.size(starts) - 1
+    _, arrays = tf.while_loop(
+        lambda k, _: k < chunks, body, (tf.constant(0), arrays), parallel_iterations=1
+    )
+    return {key: array.stack() for key, array in arrays.items()}
+
+
+def _header_sizes(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """int64 `[B, 2]`: each encoded image's (height, width) from its header, once every
+    header check has passed (empty, unknown format, zero size, over `max_pixels`)."""
+
+    def one(c: tf.Tensor) -> tf.Tensor:
+        size = image_io.header_size(c)
+        return image_io.after(size, *image_io.size_checks(size[0], size[1], max_pixels))
+
+    with tf.device("/CPU:0"):
+        return tf.map_fn(
+            one,
+            contents,
+            fn_output_signature=tf.TensorSpec([2], tf.int64),
+            parallel_iterations=1,
+        )
 
 
 def _map_images(fn: Callable[[tf.Tensor], Any], images: tf.Tensor, spec: Any) -> Any:
@@ -356,18 +482,89 @@ def build_export(
     extractor = feature_model(net, layer, "coarse")
     channels = int(extractor.output.shape[-1])
     need = min_input_size(config, layer, "coarse")
-    spec = output_spec(detector.max_detections)
+    single = output_spec(detector.max_detections)
+    max_batch = options.max_batch
 
-    def detect(image: tf.Tensor) -> dict[str, tf.Tensor]:  # the detector's own decode path
-        return detector.detect_fn(tf.cast(image, tf.float32))
+    def detect(
+        images: tf.Tensor, chunk: tf.Tensor, request: dict[str, tf.Tensor]
+    ) -> dict[str, tf.Tensor]:  # the detector's own decode path, the chunk's options
+        values = [tf.gather(request[name], chunk) for name in REQUEST_OPTIONS]
+        return detector.batch_fn(tf.cast(images, tf.float32), *values)
+
+    def detect_encoded(images: tf.Tensor, request: dict[str, tf.Tensor]) -> dict:
+        """The one detection of encoded images: `serving_default` (the export's options)
+        and `detect_with_options` (the request's) both run it."""
+        images = checked_count(images, options.max_images)
+        count = tf.shape(images)[0]
+        request, checks = detector.checked_request_options(request, count)
+        images = image_io.after(images, *checks)  # a bad option: nothing is decoded
+        sizes = _header_sizes(images, max_pixels)
+        with tf.device("/CPU:0"):
+            order, starts = batch_plan(sizes, max_batch, max_pixels)
+
+        def load(chunk: tf.Tensor) -> tf.Tensor:  # [n, H, W, 3] uint8, one size
+            def one(index: tf.Tensor) -> tf.Tensor:
+                image = _decoded(images[index], max_pixels)
+                same = tf.reduce_all(tf.equal(tf.shape(image, tf.int64)[:2], sizes[index]))
+                check = tf.debugging.Assert(
+                    same,
+                    [
+                        "Corrupt image: its decoded size differs from its header's (height, "
+                        "width):",
+                        tf.shape(image)[:2],
+                        sizes[index],
+                    ],
+                )
+                return image_io.after(image, check)
+
+            with tf.device("/CPU:0"):
+                return tf.map_fn(
+                    one,
+                    chunk,
+                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+                    parallel_iterations=1,
+                )
+
+        return _run_chunks(count, order, starts, load, lambda x, c: detect(x, c, request), single)
+
+    def own_options(count: tf.Tensor) -> dict[str, tf.Tensor]:
+        return detector.request_options(count)
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = checked_count(images, options.max_images)
-        return _map_images(lambda c: detect(_decoded(c, max_pixels)), images, spec)
+        return detect_encoded(images, own_options(tf.shape(images)[0]))
+
+    def detect_with_options(
+        images: tf.Tensor,
+        score_threshold: tf.Tensor,
+        max_detections: tf.Tensor,
+        merge_threshold: tf.Tensor,
+        top_k: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        request = {
+            "score_threshold": score_threshold,
+            "max_detections": max_detections,
+            "merge_threshold": merge_threshold,
+            "top_k": top_k,
+        }
+        return detect_encoded(images, request)
 
     def detect_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         images = checked_count(images, options.max_images)
-        return _map_images(lambda im: detect(image_io.check_pixels(im, max_pixels)), images, spec)
+        shape = tf.shape(images, out_type=tf.int64)
+        images = image_io.after(images, *image_io.size_checks(shape[1], shape[2], max_pixels))
+        count = tf.shape(images)[0]
+        request = own_options(count)
+        with tf.device("/CPU:0"):
+            sizes = tf.tile(shape[tf.newaxis, 1:3], [count, 1])
+            order, starts = batch_plan(sizes, max_batch, max_pixels)
+        return _run_chunks(
+            count,
+            order,
+            starts,
+            lambda chunk: tf.gather(images, chunk),
+            lambda x, c: detect(x, c, request),
+            single,
+        )
 
     def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:
         table = tf.constant(names, tf.string)
@@ -408,6 +605,14 @@ def build_export(
     archive = keras.export.ExportArchive()
     archive.track(net)
     archive.add_endpoint("serving_default", serving_default, strings)
+    archive.add_endpoint(
+        "detect_with_options",
+        detect_with_options,
+        [
+            *strings,
+            *(tf.TensorSpec([None], REQUEST_DTYPES[name], name=name) for name in REQUEST_OPTIONS),
+        ],
+    )
     archive.add_endpoint(
         "detect_images",
         detect_images,

@@ -26,7 +26,7 @@ from overfeat_tf.ops import boxes as box_ops
 
 
 def level_boxes(
-    output: LevelOutput, num_classes: int, top_k: int
+    output: LevelOutput, num_classes: int, top_k: int | tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Every box one pyramid level predicts for its top-k classes (one image and its flips).
 
@@ -34,7 +34,8 @@ def level_boxes(
         output: a `LevelOutput` of `run_levels` on ONE image (its N entries are the image
             and, with flips, its mirror).
         num_classes: C, the object classes (background, if any, is dropped).
-        top_k: classes per entry, by the spatial max of their probability.
+        top_k: classes per entry, by the spatial max of their probability (a Python int or
+            an int32 scalar tensor, e.g. a request's option; at most `num_classes` are used).
 
     Returns:
         boxes `[M, 4]` yxyx in pixels of the original image, clipped to it;
@@ -44,7 +45,10 @@ def level_boxes(
     level = output.level
     probs = level_probabilities(output, num_classes)  # [N, h, w, C]
     class_scores = spatial_max(probs)  # [N, C]
-    k = min(top_k, num_classes)
+    if isinstance(top_k, int):
+        k = min(top_k, num_classes)
+    else:  # a tensor: the same TopKV2 kernel, K known only at run time
+        k = tf.minimum(tf.cast(top_k, tf.int32), num_classes)
     top = tf.math.top_k(class_scores, k=k).indices  # [N, K]
     scores = tf.gather(probs, top, axis=3, batch_dims=1)  # [N, h, w, K]
     shape = tf.shape(probs)
@@ -84,12 +88,12 @@ def kept_boxes(
     boxes: tf.Tensor,
     scores: tf.Tensor,
     classes: tf.Tensor,
-    score_threshold: float,
+    score_threshold: float | tf.Tensor,
     max_boxes: int,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The dense boxes that go into the decoder: score >= `score_threshold`, then the
-    `max_boxes` highest scores. Boxes `[M, 4]` yxyx (any units, kept) -> `[m, 4]`, `[m]`,
-    `[m]`."""
+    """The dense boxes that go into the decoder: score >= `score_threshold` (a float or a
+    float32 scalar tensor), then the `max_boxes` highest scores. Boxes `[M, 4]` yxyx (any
+    units, kept) -> `[m, 4]`, `[m]`, `[m]`."""
     keep = tf.reshape(tf.where(scores >= score_threshold), [-1])
     count = tf.minimum(tf.size(keep), max_boxes)
     keep = tf.gather(keep, tf.math.top_k(tf.gather(scores, keep), k=count).indices)

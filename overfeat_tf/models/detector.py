@@ -33,10 +33,13 @@ classification `classes` `[B, 5]` int32 (-1 past the number of classes) and `sco
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
@@ -48,13 +51,16 @@ from overfeat_tf.models.decoders import (
     DECODER_OPTIONS,
     BoxMergeDecoder,
     NMSDecoder,
+    class_nms,
     decoder_options,
+    detections_dict,
     make_decoder,
 )
 from overfeat_tf.models.detection import kept_boxes, level_boxes
-from overfeat_tf.models.inference import LevelOutput, run_levels
+from overfeat_tf.models.inference import LevelOutput, image_output, run_levels
 from overfeat_tf.models.losses import BOX_LOSSES, MinedDetectionLoss, WindowBoxLoss
 from overfeat_tf.ops import boxes as box_ops
+from overfeat_tf.ops.merge import merge_boxes
 from overfeat_tf.ops.pyramid import check_scales, default_scales
 from overfeat_tf.ops.resizing import DEFAULT_MAX_ASPECT_RATIO, check_aspect_ratio
 
@@ -71,6 +77,91 @@ BOX_OPTIONS = (
     "max_aspect_ratio",
 )
 OPTIONS = BOX_OPTIONS + DECODER_OPTIONS  # every option of a detector, the decoder's included
+# The options a call (and a `detect_with_options` request) may change, per image, and their
+# dtypes: the post-processing after the network (`OverFeatDetector.request_ranges`).
+REQUEST_OPTIONS = ("score_threshold", "max_detections", "merge_threshold", "top_k")
+REQUEST_DTYPES = {
+    "score_threshold": tf.float32,
+    "max_detections": tf.int32,
+    "merge_threshold": tf.float32,
+    "top_k": tf.int32,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionRange:
+    """The values a request option may take: `low` <= value (< if `low_open`) <= `high`
+    (None: no upper bound), finite; `what` says where the bound comes from.
+
+    Example: `OptionRange(1, 20, what="the model's max_detections")` -> "in [1, 20]".
+    """
+
+    low: float
+    high: float | None
+    low_open: bool = False
+    what: str = ""
+
+    @property
+    def text(self) -> str:
+        """The range in words: "in [0, 1]", "finite and > 0", "in (0, 1]"."""
+        if self.high is None:
+            return f"finite and {'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def contains(self, value: float) -> bool:
+        """Whether a Python number is in the range."""
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def holds(self, values: tf.Tensor) -> tf.Tensor:
+        """bool `[n]`: which of `values` `[n]` are in the range (NaN and inf are not)."""
+        low = tf.cast(self.low, values.dtype)
+        above = values > low if self.low_open else values >= low
+        ok = above if self.high is None else above & (values <= tf.cast(self.high, values.dtype))
+        if values.dtype.is_floating:
+            ok &= tf.math.is_finite(values)
+        return ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min": self.low, "max": self.high, "min_excluded": self.low_open}
+
+
+def _range_message(name: str, allowed: OptionRange, value: Any = None) -> str:
+    """The error message of a value out of its range, e.g. `Bad top_k: must be in [1, 3]
+    (at most the number of classes), got 7.` (the value left out: an assert adds it)."""
+    message = f"Bad {name}: must be {allowed.text} ({allowed.what}), got"
+    return message if value is None else f"{message} {value!r}."
+
+
+def _decode_with_threshold(
+    decoder: keras.layers.Layer,
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    threshold: float | tf.Tensor,
+) -> dict[str, tf.Tensor]:
+    """`decoder(boxes, scores, classes)` with its threshold replaced by `threshold` (a
+    scalar tensor: a request's): the same op (`merge.merge_boxes` or `decoders.class_nms`)
+    with the decoder's other settings, so the decoder's own threshold answers bitwise what
+    the decoder does."""
+    if isinstance(decoder, BoxMergeDecoder):
+        result = merge_boxes(
+            boxes,
+            scores,
+            classes,
+            threshold,
+            decoder.max_detections,
+            jit_compile=decoder.jit_compile,
+        )
+    elif isinstance(decoder, NMSDecoder):
+        result = class_nms(
+            boxes, scores, classes, threshold, decoder.max_detections, decoder.per_class
+        )
+    else:
+        raise ValueError(f"Cannot change the threshold of a {type(decoder).__name__}.")
+    return detections_dict(result)
 
 
 def class_names(model: Any) -> list[str]:
@@ -189,6 +280,7 @@ class OverFeatDetector(keras.Model):
         self.max_aspect_ratio = check_aspect_ratio(max_aspect_ratio)
         self.jit_compile = False  # the pyramid's sizes are dynamic: no XLA for the whole step
         self._detect_fn = None
+        self._batch_fn = None
         self.built = True
 
     # --- options -------------------------------------------------------------------------
@@ -246,6 +338,121 @@ class OverFeatDetector(keras.Model):
     def max_detections(self) -> int:
         return self.prediction_decoder.max_detections
 
+    @property
+    def decoder_threshold(self) -> float:
+        """The decoder's threshold: the merge's `merge_threshold`, or NMS's IoU threshold
+        (what a call's `merge_threshold` replaces)."""
+        decoder = self.prediction_decoder
+        if isinstance(decoder, BoxMergeDecoder):
+            return decoder.merge_threshold
+        return decoder.iou_threshold
+
+    def request_defaults(self) -> dict[str, float | int]:
+        """The `REQUEST_OPTIONS` a call runs with when it gives none: the detector's own
+        (`top_k` at most the number of classes, as the detector uses it)."""
+        return {
+            "score_threshold": self.score_threshold,
+            "max_detections": self.max_detections,
+            "merge_threshold": self.decoder_threshold,
+            "top_k": min(self.top_k, self.num_classes),
+        }
+
+    def request_ranges(self) -> dict[str, OptionRange]:
+        """The values each of `REQUEST_OPTIONS` may take in a call or a request:
+        `score_threshold` in [0, 1] (a window's class probability); `max_detections` in
+        [1, D] (D = this detector's `max_detections`, the padded rows); `merge_threshold`
+        finite and > 0 (the merge's t; with an NMS decoder the IoU threshold, in (0, 1]);
+        `top_k` in [1, C] (C = the number of classes)."""
+        merge = isinstance(self.prediction_decoder, BoxMergeDecoder)
+        return {
+            "score_threshold": OptionRange(0.0, 1.0, what="a class probability"),
+            "max_detections": OptionRange(
+                1, self.max_detections, what="at most the max_detections the model was built with"
+            ),
+            "merge_threshold": (
+                OptionRange(0.0, None, low_open=True, what="the merge threshold t")
+                if merge
+                else OptionRange(0.0, 1.0, low_open=True, what="the NMS IoU threshold")
+            ),
+            "top_k": OptionRange(1, self.num_classes, what="at most the number of classes"),
+        }
+
+    def request_options(self, count: tf.Tensor | int, **options: Any) -> dict[str, tf.Tensor]:
+        """`REQUEST_OPTIONS` as per-image vectors `[count]` (float32 / int32,
+        `REQUEST_DTYPES`), for `count` images.
+
+        Each option is None (the detector's own, `request_defaults`), a number (every image;
+        checked here: ValueError naming the option and its range), or a scalar / `[count]`
+        tensor or array (one value per image; checked when the detection runs:
+        `InvalidArgumentError`).
+        """
+        unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown call options {unknown}; expected some of {list(REQUEST_OPTIONS)}."
+            )
+        defaults, ranges = self.request_defaults(), self.request_ranges()
+        vectors = {}
+        for name in REQUEST_OPTIONS:
+            value = options.get(name)
+            dtype = REQUEST_DTYPES[name]
+            value = defaults[name] if value is None else value
+            if isinstance(value, bool | np.bool_):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            if isinstance(value, int | float | np.integer | np.floating):
+                if dtype.is_integer and not isinstance(value, int | np.integer):
+                    raise ValueError(f"{name} must be an int, got {value!r}.")
+                if not ranges[name].contains(float(value)):
+                    raise ValueError(_range_message(name, ranges[name], value))
+                vectors[name] = tf.fill(tf.reshape(count, [1]), tf.constant(value, dtype))
+                continue
+            tensor = tf.convert_to_tensor(value)
+            if dtype.is_integer and not tensor.dtype.is_integer:
+                raise ValueError(f"{name} must be integers, got dtype {tensor.dtype.name}.")
+            if tensor.shape.rank not in (None, 0, 1):
+                raise ValueError(
+                    f"{name} must be one number or one per image [B], got shape {tensor.shape}."
+                )
+            tensor = tf.cast(tensor, dtype)
+            if tensor.shape.rank == 0:
+                tensor = tf.fill(tf.reshape(count, [1]), tensor)
+            vectors[name] = tensor
+        return vectors
+
+    def checked_request_options(
+        self, options: dict[str, tf.Tensor], count: tf.Tensor
+    ) -> tuple[dict[str, tf.Tensor], list[Any]]:
+        """`options` (`[B]` vectors of `REQUEST_OPTIONS`) for `count` images, and the assert
+        ops that gate them: each has one value per image and every value is in its
+        `request_ranges` range, else `InvalidArgumentError` naming the option, its range and
+        the bad values."""
+        checks = []
+        ranges = self.request_ranges()
+        for name in REQUEST_OPTIONS:
+            values = options[name]
+            checks.append(
+                tf.debugging.Assert(
+                    tf.equal(tf.size(values), count),
+                    [
+                        f"Bad {name}: give one value per image (a [B] vector); images, "
+                        "values given:",
+                        count,
+                        tf.size(values),
+                    ],
+                )
+            )
+            ok = ranges[name].holds(values)
+            checks.append(
+                tf.debugging.Assert(
+                    tf.reduce_all(ok),
+                    [_range_message(name, ranges[name]), tf.boolean_mask(values, ~ok)],
+                    summarize=8,
+                )
+            )
+        with tf.control_dependencies(checks):
+            checked = {name: tf.identity(options[name]) for name in REQUEST_OPTIONS}
+        return checked, checks
+
     # --- the pipeline, one image ---------------------------------------------------------
 
     def levels(self, image: tf.Tensor) -> list[LevelOutput]:
@@ -259,18 +466,26 @@ class OverFeatDetector(keras.Model):
         )
 
     def dense_boxes(
-        self, levels: list[LevelOutput], top_k: int | None = None
+        self,
+        levels: list[LevelOutput],
+        top_k: int | tf.Tensor | None = None,
+        score_threshold: float | tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Every window's box of the levels' top-k classes, score-filtered, before decoding.
+
+        `levels`: one image's (`levels`, or `inference.image_output` of a batch's);
+        `top_k` / `score_threshold`: None = the detector's, else a Python number or a scalar
+        tensor (a request's).
 
         Returns boxes `[m, 4]` yxyx in PIXELS of the original image, scores `[m]`, classes
         `[m]` int32 (at most `max_boxes`, the most confident), and the multi-scale class
         scores `[C]` (the mean over levels and flips of each class's spatial max, §3.3).
         """
         k = self.top_k if top_k is None else top_k
+        threshold = self.score_threshold if score_threshold is None else score_threshold
         parts = [level_boxes(level, self.num_classes, k) for level in levels]
         boxes, scores, classes, class_scores = (tf.concat(p, 0) for p in zip(*parts, strict=True))
-        kept = kept_boxes(boxes, scores, classes, self.score_threshold, self.max_boxes)
+        kept = kept_boxes(boxes, scores, classes, threshold, self.max_boxes)
         return (*kept, tf.reduce_mean(class_scores, axis=0))
 
     def decode(
@@ -281,50 +496,200 @@ class OverFeatDetector(keras.Model):
         class_scores: tf.Tensor,
         image_size: tf.Tensor,
         decoder: keras.layers.Layer | None = None,
+        merge_threshold: float | tf.Tensor | None = None,
+        max_detections: int | tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         """Dense boxes (yxyx pixels of an `image_size` (H, W) image) -> the output dict of
         one image, boxes normalized (`prediction_decoder` unless another `decoder` is given,
-        e.g. NMS beside the merge in evaluation)."""
-        out = (decoder or self.prediction_decoder)(boxes, scores, classes)
+        e.g. NMS beside the merge in evaluation).
+
+        `merge_threshold` replaces the decoder's threshold (the merge's t, or NMS's IoU) and
+        `max_detections` keeps only the best rows (at most the decoder's D; the rest is
+        padding, as past `num_detections`): None = the decoder's, else a number or scalar
+        tensor (a request's; not checked here, see `checked_request_options`). The output
+        keeps D rows either way.
+        """
+        decoder = decoder or self.prediction_decoder
+        if merge_threshold is None:
+            out = decoder(boxes, scores, classes)
+        else:
+            out = _decode_with_threshold(decoder, boxes, scores, classes, merge_threshold)
+        rows = tf.range(tf.shape(out["detection_classes"])[0])
+        count = out["num_detections"]
+        if max_detections is not None:  # the best rows come first: keep a prefix
+            count = tf.minimum(count, tf.cast(max_detections, count.dtype))
+        valid = rows < count
         names = tf.constant(class_names(self), tf.string)
-        valid = tf.range(tf.shape(out["detection_classes"])[0]) < out["num_detections"]
         top, top_scores, _ = top_classes(class_scores, names)
-        return {
-            "detection_boxes": box_ops.normalize_boxes(out["detection_boxes"], image_size),
+        found = {
+            "detection_boxes": out["detection_boxes"],
             "detection_scores": out["detection_scores"],
             "detection_classes": out["detection_classes"],
+        }
+        if max_detections is not None:
+            found = {
+                key: tf.where(tf.reshape(valid, [-1] + [1] * (v.shape.rank - 1)), v, 0)
+                for key, v in found.items()
+            }
+        return {
+            "detection_boxes": box_ops.normalize_boxes(found["detection_boxes"], image_size),
+            "detection_scores": found["detection_scores"],
+            "detection_classes": found["detection_classes"],
             "detection_class_names": tf.where(
-                valid, tf.gather(names, out["detection_classes"]), ""
+                valid, tf.gather(names, found["detection_classes"]), ""
             ),
-            "num_detections": out["num_detections"],
+            "num_detections": count,
             "classes": top,
             "scores": top_scores,
         }
 
-    def detect_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+    def detect_images(
+        self,
+        images: tf.Tensor,
+        score_threshold: float | tf.Tensor | None = None,
+        max_detections: int | tf.Tensor | None = None,
+        merge_threshold: float | tf.Tensor | None = None,
+        top_k: int | tf.Tensor | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Detections of a batch of images of ONE size, run through the network together.
+
+        Args:
+            images: `[B, H, W, 3]` RGB 0..255 (any real / uint dtype).
+            score_threshold: windows below this class probability predict no box; in
+                [0, 1].
+            max_detections: at most this many detections per image; in [1, D] (D = the
+                detector's `max_detections`: the outputs keep D rows, padded).
+            merge_threshold: the merge's threshold t (> 0; with an NMS decoder the IoU
+                threshold, in (0, 1]).
+            top_k: classes per level whose windows predict boxes; in [1, C].
+            Each option: None = the detector's own (`request_defaults`), a number (every
+            image), or a `[B]` tensor / array (one per image). Out of range: ValueError for
+            a number, `InvalidArgumentError` for a tensor (`request_ranges`).
+
+        Returns:
+            The output dict of the module docstring, `[B, D, ...]`: what `detect_image` gives
+            for each image alone, with the same options.
+        """
+        images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+        count = tf.shape(images)[0]
+        options = self.request_options(
+            count,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            merge_threshold=merge_threshold,
+            top_k=top_k,
+        )
+        return self.batch_fn(images, *(options[name] for name in REQUEST_OPTIONS))
+
+    def detect_image(self, image: tf.Tensor, **options: Any) -> dict[str, tf.Tensor]:
         """Detections of one image `[H, W, 3]` (RGB 0..255, any size and real/uint dtype),
-        traced as it is called (use `detect_fn` for the compiled function every entry point
-        shares)."""
-        image = tf.cast(image, tf.float32)
-        size = tf.shape(image)[:2]
-        return self.decode(*self.dense_boxes(self.levels(image)), size)
+        with `options` (any of `REQUEST_OPTIONS`, as in `detect_images`; none: the
+        detector's own): `detect_images` on a batch of one, unbatched."""
+        unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown call options {unknown}; expected some of {list(REQUEST_OPTIONS)}."
+            )
+        image = tf.convert_to_tensor(image)
+        if image.shape.rank != 3:
+            raise ValueError(f"Expected one image [H, W, 3], got shape {image.shape}.")
+        out = self.detect_images(image[tf.newaxis], **options)
+        return {key: value[0] for key, value in out.items()}
+
+    def _detect_batch(
+        self,
+        images: tf.Tensor,
+        score_threshold: tf.Tensor,
+        max_detections: tf.Tensor,
+        merge_threshold: tf.Tensor,
+        top_k: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        """`batch_fn`'s body: options checked, the pyramid and network on the whole batch,
+        then boxes, decoder and top-5 image by image."""
+        count = tf.shape(images)[0]
+        given = {
+            "score_threshold": score_threshold,
+            "max_detections": max_detections,
+            "merge_threshold": merge_threshold,
+            "top_k": top_k,
+        }
+        options, checks = self.checked_request_options(given, count)
+        with tf.control_dependencies(checks):  # nothing runs on a bad option
+            images = tf.identity(images)
+        levels = run_levels(
+            self.backbone, images, self.scales, self.flips, self.stride, self.max_aspect_ratio
+        )
+        size = tf.shape(images)[1:3]
+
+        def one(index: tf.Tensor) -> dict[str, tf.Tensor]:
+            own = [image_output(level, index, count) for level in levels]
+            dense = self.dense_boxes(
+                own,
+                top_k=options["top_k"][index],
+                score_threshold=options["score_threshold"][index],
+            )
+            return self.decode(
+                *dense,
+                size,
+                merge_threshold=options["merge_threshold"][index],
+                max_detections=options["max_detections"][index],
+            )
+
+        return tf.map_fn(
+            one,
+            tf.range(count),
+            fn_output_signature=output_spec(self.max_detections),
+            parallel_iterations=1,
+        )
+
+    @property
+    def batch_fn(self) -> Any:
+        """The detector's one compiled decode path: a `tf.function` taking float32 images of
+        one size `[B, H, W, 3]` (0..255) and the `REQUEST_OPTIONS` as `[B]` vectors
+        (`score_threshold` float32, `max_detections` int32, `merge_threshold` float32,
+        `top_k` int32) -> the output dict `[B, D, ...]`.
+
+        The B images go through the pyramid and the network as one batch per level (flips
+        included: 2B entries), then each image's boxes are decoded and merged with its own
+        options. `call` / `predict`, `detect_fn` and the notebook helpers (a batch of one),
+        the predict command and every detection signature of the export run it, so an image
+        gets the same detections from each (bitwise for the same batch; across batch sizes
+        up to the convolution kernels' rounding, see `export.serving`). Traced without
+        AutoGraph (TF ops over Python lists: nothing to convert).
+        """
+        if self._batch_fn is None:
+            vector = [tf.TensorSpec([None], REQUEST_DTYPES[name]) for name in REQUEST_OPTIONS]
+            self._batch_fn = tf.function(
+                self._detect_batch,
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32), *vector],
+                autograph=False,
+            )
+        return self._batch_fn
 
     @property
     def detect_fn(self) -> Any:
-        """The detector's one compiled decode path: a `tf.function` of `detect_image` for
-        float32 `[H, W, 3]` images of any size. `call`/`predict`, the notebook helpers, the
-        evaluation, the predict command and the export all run it, so one image gets the
-        same detections from each. Traced without AutoGraph (the pipeline is TF ops over
-        Python lists: nothing to convert)."""
+        """`detect_image` with the detector's own options, compiled: a `tf.function` of one
+        float32 `[H, W, 3]` image of any size (`batch_fn` on a batch of one)."""
         if self._detect_fn is None:
             self._detect_fn = tf.function(
-                self.detect_image,
+                lambda image: self.detect_image(image),
                 input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
                 autograph=False,
             )
         return self._detect_fn
 
-    def call(self, images: Any, training: bool = False) -> dict[str, tf.Tensor]:
+    def call(
+        self,
+        images: Any,
+        training: bool = False,
+        score_threshold: float | tf.Tensor | None = None,
+        max_detections: int | tf.Tensor | None = None,
+        merge_threshold: float | tf.Tensor | None = None,
+        top_k: int | tf.Tensor | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Detections of `images` `[B, H, W, 3]` (one size), run as one batch
+        (`detect_images`); the options as there (None: the detector's own), e.g.
+        `detector(images, score_threshold=0.3, max_detections=10)`."""
         images = tf.convert_to_tensor(images)
         if images.shape.rank == 3:
             raise ValueError(
@@ -333,11 +698,12 @@ class OverFeatDetector(keras.Model):
             )
         if images.shape.rank != 4 or images.shape[-1] not in (None, 3):
             raise ValueError(f"Expected RGB images [B, H, W, 3], got shape {images.shape}.")
-        return tf.map_fn(
-            self.detect_fn,
-            tf.cast(images, tf.float32),
-            fn_output_signature=output_spec(self.max_detections),
-            parallel_iterations=1,
+        return self.detect_images(
+            images,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            merge_threshold=merge_threshold,
+            top_k=top_k,
         )
 
     # --- training with Keras' own loop ----------------------------------------------------

@@ -5,7 +5,9 @@ class, at each scale and flip; (ii) averaging the resulting C-dimensional vector
 different scales and flips and (iii) taking the top-1 or top-5 elements".
 
     image -> pyramid levels (scales x flips)        `pyramid.build_pyramid`
-          -> model at the fine or coarse stride     `run_levels` (one `LevelOutput` each)
+          -> model at the fine or coarse stride     `run_levels` (one `LevelOutput` each;
+                                                     images of one size run as one batch,
+                                                     `image_output` takes one image's part)
           -> softmax, spatial max per class         `level_probabilities`, `spatial_max`
           -> mean over levels                       `classify_tensor`  [C]
           -> top-k ids, names and scores            `classify` (notebooks)
@@ -101,6 +103,31 @@ def run_levels(
         outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
         results.append(LevelOutput(level, outputs, step, config.crop_size))
     return results
+
+
+def image_output(
+    output: LevelOutput, index: tf.Tensor | int, count: tf.Tensor | int
+) -> LevelOutput:
+    """The entries of ONE image of a batch's `LevelOutput` (what `detection.level_boxes`
+    takes): with `count` images of one size run together, image `index`'s entries are
+    `index` and, with flips, `count + index` (`pyramid.build_pyramid`'s order), so the result
+    is the `LevelOutput` `run_levels` gives for that image alone (N = 1 or 2 entries).
+
+    Args:
+        output: a `LevelOutput` of `run_levels` on `[count, H, W, 3]` images.
+        index: which image (int32 scalar, 0 <= index < count).
+        count: the images of the batch (int32 scalar).
+    """
+    level = output.level
+    copies = tf.shape(level.flipped)[0] // count  # 2 with flips, else 1
+    entries = index + count * tf.range(copies)
+    outputs = {name: tf.gather(value, entries) for name, value in output.outputs.items()}
+    level = dataclasses.replace(
+        level,
+        image=tf.gather(level.image, entries),
+        flipped=tf.gather(level.flipped, entries),
+    )
+    return LevelOutput(level, outputs, output.stride, output.window)
 
 
 def object_probabilities(logits: tf.Tensor, num_classes: int) -> tf.Tensor:

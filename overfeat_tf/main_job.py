@@ -19,7 +19,8 @@ resumes from its last epoch.
 
 Recipes: for `tiny` the stages use `TINY_RECIPE` (He init, SGD momentum 0.9, batch 32,
 lr 0.01 with x0.2 drops, a 231 px short side, decoded images cached; 36 / 8 / 8 epochs),
-about 25 minutes on a 2-core CPU with bf16 units (BENCHMARKS.md, "Main job"); for `fast` and
+about 16 minutes on a quiet 2-core CPU with bf16 units (BENCHMARKS.md, "Main job: where the
+time went"); for `fast` and
 `accurate` every stage keeps the paper's recipe (`TrainConfig`'s defaults).
 """
 

@@ -246,7 +246,9 @@ def _run_arguments(p: argparse.ArgumentParser, defaults: training.TrainConfig) -
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--short-side", type=int, default=defaults.short_side)
     p.add_argument("--shuffle-buffer", type=int, default=defaults.shuffle_buffer)
-    p.add_argument("--cache", action="store_true", help="keep the decoded images in memory (small datasets)")
+    p.add_argument(
+        "--cache", action="store_true", help="keep the decoded images in memory (small datasets)"
+    )
     p.add_argument("--time-limit", type=float, default=None, help="stop after N seconds")
     p.add_argument(
         "--verbose",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
         result = compare(args.compare, args.runs, args.trained, args.old_name)
         if args.write:
             flags = sys.argv[1:] if argv is None else argv
-            write_compare_section(result, " ".join(["python benchmarks/bench_merge.py", *flags]))
+            write_compare_section(result, shlex.join(["python benchmarks/bench_merge.py", *flags]))
         return
     if args.forward:
         paths = (False, True) if args.jit in ("both", "off") else (True,)

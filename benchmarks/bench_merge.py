@@ -16,6 +16,10 @@ box inside their field of view with a low confidence).
     python benchmarks/bench_merge.py --forward --write   # merge (plain TF and XLA) vs the
                                                     # accurate net's 6-scale 2-flip forward
                                                     # pass, same run, interleaved
+    python benchmarks/bench_merge.py --compare OLD.py --write   # A/B: another version of
+                                                    # ops/merge.py (a copy kept out of the
+                                                    # tree) vs this one on the same box sets,
+                                                    # bitwise outputs, interleaved
 
 `time_merge(...)` can be imported to put the merge time next to the forward-pass time.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -412,6 +417,144 @@ def write_merge_section(result: dict[str, Any]) -> None:
     write_section("Merge speed", body)
 
 
+def load_merge_module(path: str) -> Any:
+    """A version of `overfeat_tf/ops/merge.py` loaded from a file, under its own name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merge_compared", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"not a Python file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def comparison_sets(trained: str | None = None) -> dict[str, tuple[tf.Tensor, ...]]:
+    """The 4000-box sets of the A/B (boxes, scores, classes; yxyx pixels): `clustered_boxes`,
+    the random-weight tiny and fast detectors' own boxes on the serving suite's 320x400 JPEG
+    (its nets: 20 classes + background, class-specific regressor, the detector's defaults)
+    and, if `trained` names a `.keras` detector, its boxes on scikit-image's chelsea."""
+    from benchmarks.bench_serving import test_jpeg
+    from benchmarks.bench_suite import _net
+    from benchmarks.suite_serving import SERVE_CLASSES, _photo_jpeg
+    from overfeat_tf.models.backbone import load_model
+    from overfeat_tf.models.detector import OverFeatDetector, as_detector
+    from overfeat_tf.ops.pyramid import default_scales
+
+    sets = {"clustered (`clustered_boxes`)": clustered_boxes()}
+    image = tf.cast(tf.io.decode_jpeg(test_jpeg(), channels=3), tf.float32)
+    kind = {"regressor": "class_specific", "background": True}
+    for arch in ("tiny", "fast"):
+        net = _net(arch, num_classes=SERVE_CLASSES, **kind)
+        detector = OverFeatDetector(net, scales=default_scales(arch))
+        sets[f"{arch}, random weights, own boxes"] = detector.dense_boxes(detector.levels(image))[
+            :3
+        ]
+    if trained and os.path.exists(trained):
+        detector = as_detector(load_model(trained))
+        photo = tf.cast(tf.io.decode_jpeg(_photo_jpeg()[0], channels=3), tf.float32)
+        sets["tiny, trained, chelsea"] = detector.dense_boxes(detector.levels(photo))[:3]
+    return sets
+
+
+def compare(
+    old_path: str, runs: int = 5, trained: str | None = None, old_name: str = "another version"
+) -> dict[str, Any]:
+    """This `merge_boxes` against the one in `old_path`, plain TF (as served), on
+    `comparison_sets`: bitwise equal outputs and iterations, and each one's median wall and
+    CPU (process) seconds over `runs` calls, old and new in turn (after a warm-up)."""
+    from overfeat_tf.ops import merge as new
+
+    modules = {"old": load_merge_module(old_path), "new": new}
+    spec = (
+        tf.TensorSpec([None, 4], tf.float32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+    )
+    merges = {
+        name: tf.function(
+            lambda b, s, c, m=module: m.merge_boxes(b, s, c, return_iterations=True),
+            input_signature=spec,
+        )
+        for name, module in modules.items()
+    }
+    rows = []
+    for label, boxes in comparison_sets(trained).items():
+        out = {name: merge(*boxes) for name, merge in merges.items()}  # traced, warmed up
+        same = all(
+            np.array_equal(x.numpy(), y.numpy())
+            for x, y in zip(out["old"][0], out["new"][0], strict=True)
+        )
+        wall: dict[str, list[float]] = {name: [] for name in merges}
+        cpu: dict[str, list[float]] = {name: [] for name in merges}
+        for _ in range(runs):
+            for name, merge in merges.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                tf.nest.map_structure(lambda t: t.numpy(), merge(*boxes))
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        row = {
+            "boxes": label,
+            "num_boxes": int(boxes[1].shape[0]),
+            "classes": int(tf.size(tf.unique(boxes[2])[0])),
+            "iterations": [int(out[name][1]) for name in merges],
+            "same": same and int(out["old"][1]) == int(out["new"][1]),
+        }
+        for name in merges:
+            row[f"{name}_wall_s"] = statistics.median(wall[name])
+            row[f"{name}_cpu_s"] = statistics.median(cpu[name])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"old": old_path, "old_name": old_name, "runs": runs, "rows": rows}
+
+
+def write_compare_section(result: dict[str, Any], command: str) -> None:
+    from benchmarks.common import machine, write_section
+
+    lines = [
+        "| boxes | boxes in | classes | iterations old / new | same output (bitwise) "
+        "| old s | new s | speed-up | old CPU s | new CPU s | CPU speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        old, new, old_cpu, new_cpu = (
+            r[k] for k in ("old_wall_s", "new_wall_s", "old_cpu_s", "new_cpu_s")
+        )
+        lines.append(
+            f"| {r['boxes']} | {r['num_boxes']} | {r['classes']} | "
+            f"{r['iterations'][0]} / {r['iterations'][1]} | {'yes' if r['same'] else 'NO'} | "
+            f"{old:.3f} | {new:.3f} | {old / new:.1f}x | {old_cpu:.3f} | {new_cpu:.3f} | "
+            f"{old_cpu / new_cpu:.1f}x |"
+        )
+    body = (
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end (shared "
+        f"machine: compare within a row).\nCommand: `{command}`.\n\n"
+        "`merge.merge_boxes` (plain TF, as served; float32) against the version in "
+        f"`{result['old']}` ({result['old_name']}, kept out of the tree), "
+        "both loaded in one process, called in turn on the same box sets (median of "
+        f"{result['runs']} calls each; wall and process CPU seconds; TF uses both cores, so "
+        "CPU can exceed wall). Same output: every field of the padded `MergeResult` equal "
+        "bitwise, and the same dependent loop iterations.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + COMPARE_NOTE
+    )
+    write_section(COMPARE_SECTION, body)
+
+
+COMPARE_SECTION = "Merge: only the pairs that can merge, in tiles"
+COMPARE_NOTE = """What changed (`ops/merge.py`, its docstring has the argument): a round's
+merges depend only on the pairs scoring <= t, so the merge keeps those pairs (edges) and
+never scores a pair of two classes, nor a pair whose centres are too far apart to score <= t
+(|dcy|, |dcx| <= t sqrt(min area), with margins for rounding). The clusters sit in slots,
+per class, in Z-order of their centres; 16 slots make a tile, and a block scores the 16 x 16
+pairs of two near tiles of one class. Before the first round every pair of near tiles is
+scored once; after a round only the merged clusters (in tiles of their own) against the live
+ones, the other edges kept. Best partners: segment minima over the edges. Fixed ops per
+round, no loop over classes or tiles; `BLOCK_SCORES` bounds the scores of one group of
+blocks (a loop beyond, never at 4000 boxes). The old version scored an [m, m] block over all
+classes in the first round and [m, k] + [f, m] blocks after it. The clustered set gains
+least: a quarter of its same-class pairs score <= t, so most near tiles hold edges."""
 TARGET = 0.10  # merge <= 10% of the forward pass (issue 4)
 
 
@@ -435,9 +578,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=MERGE_THRESHOLD)
     parser.add_argument("--sweep", action="store_true", help="threshold sweep instead")
     parser.add_argument("--forward", action="store_true", help="merge vs forward pass")
-    parser.add_argument("--write", action="store_true", help="with --forward: BENCHMARKS.md")
+    parser.add_argument(
+        "--write", action="store_true", help="with --forward or --compare: BENCHMARKS.md"
+    )
     parser.add_argument(
         "--clustered", action="store_true", help="4000 clustered boxes: plain TF vs XLA"
+    )
+    parser.add_argument(
+        "--compare", metavar="OLD.py", help="A/B against another ops/merge.py (with --write)"
+    )
+    parser.add_argument(
+        "--old-name", default="another version", help="with --compare: what OLD.py is"
+    )
+    parser.add_argument(
+        "--trained",
+        default=os.environ.get("OVERFEAT_TRAINED_TINY", "runs/tiny/model.keras"),
+        help="with --compare: a trained tiny detector (.keras) for the photo's box set",
     )
     parser.add_argument(
         "--jit",
@@ -450,6 +606,12 @@ def main(argv: list[str] | None = None) -> None:
     jit_compile = args.jit == "on"
     if args.clustered:
         print(json.dumps(time_clustered(runs=args.runs), indent=2))
+        return
+    if args.compare:
+        result = compare(args.compare, args.runs, args.trained, args.old_name)
+        if args.write:
+            flags = sys.argv[1:] if argv is None else argv
+            write_compare_section(result, shlex.join(["python benchmarks/bench_merge.py", *flags]))
         return
     if args.forward:
         paths = (False, True) if args.jit in ("both", "off") else (True,)

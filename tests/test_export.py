@@ -294,6 +294,8 @@ def test_a_mixed_request_answers_what_each_image_alone_does(loaded):
     # and an empty request is an empty answer
     empty = serve(images=tf.zeros([0], tf.string))
     assert empty["detection_boxes"].shape == (0, 20, 4) and empty["num_detections"].shape == (0,)
+    empty = loaded.signatures["detect_images"](images=tf.zeros([0, 0, 0, 3], tf.uint8))
+    assert empty["detection_scores"].shape == (0, 20)
 
 
 def test_classify_equals_the_multi_scale_class_scores(exported, loaded):

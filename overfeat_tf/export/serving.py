@@ -551,7 +551,9 @@ def build_export(
     def detect_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         images = checked_count(images, options.max_images)
         shape = tf.shape(images, out_type=tf.int64)
-        images = image_io.after(images, *image_io.size_checks(shape[1], shape[2], max_pixels))
+        # every image has the batch's size (an empty batch has none to check)
+        height, width = (tf.where(shape[0] > 0, shape[i], 1) for i in (1, 2))
+        images = image_io.after(images, *image_io.size_checks(height, width, max_pixels))
         count = tf.shape(images)[0]
         request = own_options(count)
         with tf.device("/CPU:0"):

@@ -13,10 +13,20 @@
 Shaped like keras-hub's `ImageObjectDetector` / RetinaNet: a backbone, its heads, and the
 post-processing as a serializable `prediction_decoder` layer, so `detector(images)` and
 `detector.predict(images)` give detections and `keras.models.load_model` restores the
-detector with every option. `detect_fn`, one compiled function of `detect_image`, is the
-decode path of every entry point: `call` / `predict`, the notebook helpers (`detect`,
-`localize`), the evaluation commands, the predict command and the SavedModel export
-(`serving`), so an image gets the same detections from each.
+detector with every option. `batch_fn`, one compiled function of a batch of images of one
+size and the per-image `REQUEST_OPTIONS` (score threshold, max detections, merge threshold,
+top-k), is the decode path of every entry point: `call` / `predict` (the batch),
+`detect_image` / `detect_fn` and the notebook helpers (`detect`, `localize`: a batch of one),
+the predict command and the SavedModel export (`serving`: images grouped by size), so an image
+gets the same detections from each. The images of a batch share the pyramid and network calls
+(one per level); their boxes are decoded and merged image by image, each with its options.
+
+Per-call options (keras-hub users call `detector(images, ...)`): `detector(images,
+score_threshold=0.3, max_detections=10)`, `detector.detect_image(image, top_k=1)`, a number
+for every image or a `[B]` vector, one per image; None keeps the detector's own
+(`request_defaults`), and the defaults answer exactly what the detector answers without
+options. The ranges are `request_ranges`: ValueError for a number out of range,
+`InvalidArgumentError` for a tensor.
 
 Training with Keras' own loop: `compile(task="detect" | "localize")` and `fit` / `evaluate` on
 `(images, {"boxes", "labels"})` batches; the train step builds every output cell's targets

@@ -1,6 +1,6 @@
 """One decode path: the same image gets the same detections from `predict`, `model(images)`,
-the notebook `detect`, the predict command and a reloaded export (`serving_default`,
-`detect_images`), because they all run `OverFeatDetector.detect_fn`.
+the notebook `detect`, the evaluation, the predict command and a reloaded export
+(`serving_default`, `detect_images`), because they all run `OverFeatDetector.detect_batch`.
 
 The detector is under-trained on purpose (a random trunk, a regressor that predicts about its
 own window, as a new regressor starts): its boxes are many near-ties, where two differently
@@ -12,6 +12,7 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
+from overfeat_tf.evaluation import detection as detection_eval
 from overfeat_tf.export import serving
 from overfeat_tf.models.detector import OverFeatDetector, detect
 from overfeat_tf.ops.resizing import resize
@@ -63,6 +64,19 @@ def test_every_entry_point_gives_the_same_detections(detector, loaded, name):
     assert len(found["scores"]) == n
     size = np.array(image.shape[:2] * 2, np.float32)
     np.testing.assert_allclose(found["boxes"] / size, want["detection_boxes"][:n], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_the_evaluation_scores_bitwise_what_predict_answers(detector, name):
+    image = tf.constant(PHOTOS[name], tf.float32)
+    want = {k: np.asarray(v) for k, v in detector.detect_fn(image).items()}
+    predicted = {k: v[0] for k, v in detector.predict(PHOTOS[name][None], verbose=0).items()}
+    evaluated = detection_eval.DetectionEvaluator(detector)(image)["merge"]
+    n = int(want["num_detections"])
+    assert len(evaluated["scores"]) == n > 10
+    for field in ("boxes", "scores", "classes"):
+        np.testing.assert_array_equal(evaluated[field], want[f"detection_{field}"][:n])
+        np.testing.assert_array_equal(predicted[f"detection_{field}"], want[f"detection_{field}"])
 
 
 def test_a_batch_of_photos_resized_to_one_size(detector, loaded):

@@ -1,9 +1,9 @@
 """Localization and detection evaluation (paper §4.4, §5) on a TFDS detection split.
 
-For every image, one traced `tf.function` (`DetectionEvaluator`) runs the detector's own
-stages (`detector.OverFeatDetector`: `levels` -> `dense_boxes`: every window of the top-k
-classes of every scale and flip predicts a box) once and decodes the *same* dense boxes two
-ways, with the detector's `decode`:
+For every image, one traced `tf.function` (`DetectionEvaluator`) runs the detector's own decode
+path (`detector.OverFeatDetector.detect_batch`, the body of `batch_fn` that `predict` and the
+export run: every window of the top-k classes of every scale and flip predicts a box) once,
+and decodes the *same* dense boxes two ways:
 
 - `merge`: the paper's merge (§4.3, `decoders.BoxMergeDecoder`), what
   `detector.predict` and the export answer;
@@ -52,6 +52,7 @@ from overfeat_tf.data.spatial import decode_detection_example
 from overfeat_tf.evaluation import metrics
 from overfeat_tf.models.decoders import COMBINE, make_decoder
 from overfeat_tf.models.detector import (
+    REQUEST_OPTIONS,
     OverFeatDetector,
     as_detector,
     class_names,
@@ -81,27 +82,46 @@ def detect_both(
     guesses: int = GUESSES,
 ) -> dict[str, tf.Tensor]:
     """Detections of one image `[H, W, 3]` (RGB 0..255) by every decoder from the same dense
-    boxes (TF ops, graph-safe): one pyramid + backbone run, the detector's decode.
+    boxes (TF ops, graph-safe): one pyramid + backbone run, through the detector's own
+    decode path (`OverFeatDetector.detect_batch`, the body of `batch_fn`, on a batch of one
+    with the detector's own options).
+
+    A decoder configured as the detector's `prediction_decoder` answers with the detector's
+    own outputs, so its detections are bitwise what `predict`, `detect_image` and the export
+    give; every other decoder decodes the same dense boxes beside it.
 
     Returns a flat dict: `"{name}/{field}"` for each decoder name (e.g. "merge", "nms") and
     field in ("boxes" `[D, 4]` normalized yxyx, "scores" `[D]`, "classes" `[D]` int32, "num"
     `[]` valid rows), the same under `"localize/{name}/..."` when `detector.top_k != guesses`
     (localization keeps `top_k = guesses` classes per level), and `"class_scores"` `[C]`.
     """
-    levels = detector.levels(tf.cast(image, tf.float32))
-    dense = detector.dense_boxes(levels)
-    passes = [("", dense)]
-    if detector.top_k != guesses:
-        passes.append(("localize/", detector.dense_boxes(levels, top_k=guesses)))
-    outputs: dict[str, tf.Tensor] = {"class_scores": dense[3]}
-    size = tf.shape(image)[:2]
-    for prefix, boxes in passes:
-        for name, decoder in decoders.items():
-            out = detector.decode(*boxes, size, decoder=decoder)
-            outputs[f"{prefix}{name}/boxes"] = out["detection_boxes"]
-            outputs[f"{prefix}{name}/scores"] = out["detection_scores"]
-            outputs[f"{prefix}{name}/classes"] = out["detection_classes"]
-            outputs[f"{prefix}{name}/num"] = out["num_detections"]
+    own = detector.prediction_decoder.get_config()
+    passes: dict[str, tuple[keras.layers.Layer, int | None]] = {}
+    sources: dict[str, str] = {}  # output prefix -> the detect_batch prefix holding it
+    for name, decoder in decoders.items():
+        if decoder.get_config() == own:
+            sources[f"{name}/"] = ""
+        else:
+            passes[name] = (decoder, None)
+            sources[f"{name}/"] = f"{name}/"
+        if detector.top_k != guesses:
+            passes[f"localize/{name}"] = (decoder, guesses)
+            sources[f"localize/{name}/"] = f"localize/{name}/"
+    images = tf.cast(image, tf.float32)[tf.newaxis]
+    defaults = detector.request_options(1)
+    found = detector.detect_batch(
+        images, *(defaults[name] for name in REQUEST_OPTIONS), passes=passes
+    )
+    outputs: dict[str, tf.Tensor] = {"class_scores": found["class_scores"][0]}
+    fields = {
+        "boxes": "detection_boxes",
+        "scores": "detection_scores",
+        "classes": "detection_classes",
+        "num": "num_detections",
+    }
+    for prefix, source in sources.items():
+        for field, key in fields.items():
+            outputs[f"{prefix}{field}"] = found[f"{source}{key}"][0]
     return outputs
 
 

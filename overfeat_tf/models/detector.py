@@ -606,16 +606,24 @@ class OverFeatDetector(keras.Model):
         out = self.detect_images(image[tf.newaxis], **options)
         return {key: value[0] for key, value in out.items()}
 
-    def _detect_batch(
+    def detect_batch(
         self,
         images: tf.Tensor,
         score_threshold: tf.Tensor,
         max_detections: tf.Tensor,
         merge_threshold: tf.Tensor,
         top_k: tf.Tensor,
+        passes: dict[str, tuple[keras.layers.Layer, int | None]] | None = None,
     ) -> dict[str, tf.Tensor]:
         """`batch_fn`'s body: options checked, the pyramid and network on the whole batch,
-        then boxes, decoder and top-5 image by image."""
+        then boxes, decoder and top-5 image by image.
+
+        `passes` (the evaluation's, `evaluation.detection.detect_both`): more decodings of
+        each image's windows beside the detector's own, `name -> (decoder, top_k)` (top_k
+        None: the request's), each with the decoder's own threshold and rows; their outputs
+        come as `"{name}/{key}"`, with `"class_scores"` `[B, C]`. The detector's own outputs
+        are computed by the same ops either way."""
+        passes = passes or {}
         count = tf.shape(images)[0]
         given = {
             "score_threshold": score_threshold,
@@ -633,24 +641,29 @@ class OverFeatDetector(keras.Model):
 
         def one(index: tf.Tensor) -> dict[str, tf.Tensor]:
             own = [image_output(level, index, count) for level in levels]
-            dense = self.dense_boxes(
-                own,
-                top_k=options["top_k"][index],
-                score_threshold=options["score_threshold"][index],
-            )
-            return self.decode(
+            threshold = options["score_threshold"][index]
+            dense = self.dense_boxes(own, top_k=options["top_k"][index], score_threshold=threshold)
+            out = self.decode(
                 *dense,
                 size,
                 merge_threshold=options["merge_threshold"][index],
                 max_detections=options["max_detections"][index],
             )
+            for name, (decoder, k) in passes.items():
+                boxes = dense if k is None else self.dense_boxes(own, k, threshold)
+                found = self.decode(*boxes, size, decoder=decoder)
+                out.update({f"{name}/{key}": value for key, value in found.items()})
+            if passes:
+                out["class_scores"] = dense[3]
+            return out
 
-        return tf.map_fn(
-            one,
-            tf.range(count),
-            fn_output_signature=output_spec(self.max_detections),
-            parallel_iterations=1,
-        )
+        spec = output_spec(self.max_detections)
+        for name, (decoder, _) in passes.items():
+            rows = output_spec(decoder.max_detections)
+            spec.update({f"{name}/{key}": value for key, value in rows.items()})
+        if passes:
+            spec["class_scores"] = tf.TensorSpec([self.num_classes], tf.float32)
+        return tf.map_fn(one, tf.range(count), fn_output_signature=spec, parallel_iterations=1)
 
     @property
     def batch_fn(self) -> Any:
@@ -662,15 +675,16 @@ class OverFeatDetector(keras.Model):
         The B images go through the pyramid and the network as one batch per level (flips
         included: 2B entries), then each image's boxes are decoded and merged with its own
         options. `call` / `predict`, `detect_fn` and the notebook helpers (a batch of one),
-        the predict command and every detection signature of the export run it, so an image
-        gets the same detections from each (bitwise for the same batch; across batch sizes
+        the predict command and every detection signature of the export run it, and the
+        evaluation runs its body (`detect_batch`, `evaluation.detection.detect_both`), so an
+        image gets the same detections from each (bitwise for the same batch; across batch sizes
         up to the convolution kernels' rounding, see `export.serving`). Traced without
         AutoGraph (TF ops over Python lists: nothing to convert).
         """
         if self._batch_fn is None:
             vector = [tf.TensorSpec([None], REQUEST_DTYPES[name]) for name in REQUEST_OPTIONS]
             self._batch_fn = tf.function(
-                self._detect_batch,
+                self.detect_batch,
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32), *vector],
                 autograph=False,
             )

@@ -36,11 +36,19 @@ def loaded(detector, tmp_path_factory):
     return tf.saved_model.load(str(version))
 
 
-def _same(got, want, name):
+def _same(got, want, name, exact=True):
+    """Bitwise for one image (the same function on the same batch); across batch sizes to
+    float rounding (oneDNN may block a batch of 2 differently)."""
     n = int(want["num_detections"])
     assert int(got["num_detections"]) == n > 10, name
-    np.testing.assert_allclose(got["detection_boxes"][:n], want["detection_boxes"][:n], atol=1e-5)
-    np.testing.assert_allclose(got["detection_scores"][:n], want["detection_scores"][:n], rtol=1e-5)
+    for key, tolerance in (
+        ("detection_boxes", {"atol": 1e-5}),
+        ("detection_scores", {"rtol": 1e-5}),
+    ):
+        if exact:
+            np.testing.assert_array_equal(got[key][:n], want[key][:n], err_msg=name)
+        else:
+            np.testing.assert_allclose(got[key][:n], want[key][:n], err_msg=name, **tolerance)
     np.testing.assert_array_equal(got["detection_classes"][:n], want["detection_classes"][:n])
 
 
@@ -88,5 +96,5 @@ def test_a_batch_of_photos_resized_to_one_size(detector, loaded):
             k: np.asarray(v)
             for k, v in detector.detect_fn(tf.constant(batch[b], tf.float32)).items()
         }
-        _same({k: v[b] for k, v in predicted.items()}, want, f"predict {b}")
-        _same({k: np.asarray(v)[b] for k, v in exported.items()}, want, f"export {b}")
+        _same({k: v[b] for k, v in predicted.items()}, want, f"predict {b}", exact=False)
+        _same({k: np.asarray(v)[b] for k, v in exported.items()}, want, f"export {b}", exact=False)

@@ -98,6 +98,10 @@ def export_flags() -> dict[str, Flag]:
             "reject images of more pixels (height x width), checked before decoding"
         ),
         "max_images": Flag("reject requests of more images (each signature's batch)"),
+        "max_batch": Flag(
+            "images of one size in a request run through the network together, this many "
+            "at a time (1: one by one)"
+        ),
         "feature_layer": Flag(
             "layer of the features signature: a name (fc7_linear, fc7, pool5, ...) or "
             "OverFeat's number (19 fast / 22 accurate = fc7 before its ReLU, as `overfeat -f`)",

@@ -34,6 +34,7 @@ SAVED_MODEL_CLI = "tensorflow.python.tools.saved_model_cli"
 CLI_OPTIONS = [
     "--scales", "231,263",
     "--max-pixels", str(MAX_PIXELS),
+    "--max-batch", "2",
     "--max-detections", "20",
     "--feature-layer", "pool5",
 ]  # fmt: skip
@@ -105,7 +106,7 @@ def exported(tmp_path_factory):
     base = tmp / "serving"
     args = ["--model", str(tmp / "tiny.keras"), "--export-dir", str(base), *CLI_OPTIONS]
     assert export_cli.main(args) == 0
-    options = serving.ExportOptions(max_pixels=MAX_PIXELS, feature_layer="pool5")
+    options = serving.ExportOptions(max_pixels=MAX_PIXELS, max_batch=2, feature_layer="pool5")
     keras_model = keras.models.load_model(tmp / "tiny.keras")
     detector = keras_model.with_options(scales=(231, 263), max_detections=20)
     return detector, base / "1", options
@@ -136,6 +137,7 @@ def test_export_writes_one_version_with_its_options_and_class_names(exported, lo
     assert from_file["class_names"] == CLASS_NAMES
     assert from_file["options"]["scales"] == [231, 263]
     assert from_file["options"]["max_pixels"] == MAX_PIXELS
+    assert from_file["options"]["max_batch"] == 2
     assert from_file["options"]["feature_layer"] == "pool5"
     assert from_file["options"]["feature_size"] == model.backbone.config.crop_size
     assert from_file["model"]["architecture"] == "tiny"

@@ -543,7 +543,7 @@ def write_compare_section(result: dict[str, Any], command: str) -> None:
 
 
 COMPARE_SECTION = "Merge: only the pairs that can merge, in tiles"
-COMPARE_NOTE = """What changed (`ops/merge.py`, its docstring has the argument): a round's
+COMPARE_NOTE = """What changed (`ops/merge.py`; `docs/merge.md` has the argument): a round's
 merges depend only on the pairs scoring <= t, so the merge keeps those pairs (edges) and
 never scores a pair of two classes, nor a pair whose centres are too far apart to score <= t
 (|dcy|, |dcx| <= t sqrt(min area), with margins for rounding). The clusters sit in slots,

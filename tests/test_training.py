@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -206,7 +207,19 @@ def test_time_limit_stops_at_the_end_of_a_step():
 # --- a run ----------------------------------------------------------------------------------
 
 
-def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path):
+def test_auto_verbosity_is_a_progress_bar_only_in_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert training.fit_verbosity("auto") == 1
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a log file, a pipe
+    assert training.fit_verbosity("auto") == 2
+    assert training.fit_verbosity(0) == 0 and training.fit_verbosity(1) == 1
+
+
+def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path, capsys):
     config = training.TrainConfig(
         model="tiny",
         output=str(tmp_path / "run"),
@@ -217,9 +230,11 @@ def test_train_writes_model_checkpoints_logs_and_counts_corrupt_records(tmp_path
         learning_rate=0.01,
         shuffle_buffer=16,
         val_split="validation",  # a tf.data source: the same examples, central crops
-        verbose=0,
-    )
+    )  # verbose "auto", stdout captured (not a terminal): a line per epoch, no progress bar
     result = training.train(config, encoded_examples(10, corrupt=(3,)), list(TOY_CLASSES))
+    printed = capsys.readouterr().out
+    assert "Epoch 2/2" in printed and "val_loss" in printed
+    assert "\x1b[" not in printed and "\u2501" not in printed  # no ANSI redraws, no bar
     run = tmp_path / "run"
     assert result["epochs_run"] == 2 and result["final_step"] == 4
     assert np.isfinite(result["logs"]["val_loss"]) and not result["stopped_by_time_limit"]

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -281,10 +282,19 @@ def _fit(
             steps_per_epoch=steps,
             validation_data=val_data,
             callbacks=callback_list,
-            verbose=config.verbose,
+            verbose=fit_verbosity(config.verbose),
             shuffle=False,  # the tf.data pipeline shuffles
         )
     return history, timer
+
+
+def fit_verbosity(verbose: str | int) -> int:
+    """Keras' `fit` verbosity for `TrainConfig.verbose`: "auto" is a progress bar (1) when
+    stdout is a terminal and one line per epoch (2) otherwise, so a log file gets no
+    progress-bar redraws (Keras' own "auto" draws them into files too)."""
+    if verbose != "auto":
+        return int(verbose)
+    return 1 if sys.stdout.isatty() else 2
 
 
 def _summary(

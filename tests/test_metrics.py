@@ -388,3 +388,15 @@ def test_localization_gets_its_own_pass_when_top_k_is_not_the_guesses(tiny_detec
     assert "localize/merge/num" not in detection_eval.detect_both(
         detector.with_options(top_k=5), image, decoders, guesses=5
     )
+
+
+def test_the_detectors_own_decoder_alone_needs_no_extra_pass(tiny_detector):
+    image = tf.constant(render_example(9, min_side=160, max_side=200)["image"], tf.float32)
+    detector = as_detector(tiny_detector, scales=(231,), top_k=5, max_boxes=100)
+    out = detection_eval.detect_both(detector, image, {"merge": detector.prediction_decoder})
+    assert set(out) == {"class_scores", "merge/boxes", "merge/scores", "merge/classes", "merge/num"}
+    want = detector.detect_fn(image)
+    n = int(want["num_detections"])
+    assert int(out["merge/num"]) == n
+    np.testing.assert_array_equal(out["merge/boxes"][:n], want["detection_boxes"][:n])
+    assert out["class_scores"].shape == (detector.num_classes,)

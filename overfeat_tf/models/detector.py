@@ -622,7 +622,8 @@ class OverFeatDetector(keras.Model):
         each image's windows beside the detector's own, `name -> (decoder, top_k)` (top_k
         None: the request's), each with the decoder's own threshold and rows; their outputs
         come as `"{name}/{key}"`, with `"class_scores"` `[B, C]`. The detector's own outputs
-        are computed by the same ops either way."""
+        are computed by the same ops either way (`passes={}`: only `"class_scores"` more)."""
+        extras = passes is not None
         passes = passes or {}
         count = tf.shape(images)[0]
         given = {
@@ -653,7 +654,7 @@ class OverFeatDetector(keras.Model):
                 boxes = dense if k is None else self.dense_boxes(own, k, threshold)
                 found = self.decode(*boxes, size, decoder=decoder)
                 out.update({f"{name}/{key}": value for key, value in found.items()})
-            if passes:
+            if extras:
                 out["class_scores"] = dense[3]
             return out
 
@@ -661,7 +662,7 @@ class OverFeatDetector(keras.Model):
         for name, (decoder, _) in passes.items():
             rows = output_spec(decoder.max_detections)
             spec.update({f"{name}/{key}": value for key, value in rows.items()})
-        if passes:
+        if extras:
             spec["class_scores"] = tf.TensorSpec([self.num_classes], tf.float32)
         return tf.map_fn(one, tf.range(count), fn_output_signature=spec, parallel_iterations=1)
 

@@ -1,10 +1,13 @@
 """The generated `overfeat_shapes` TFDS dataset: building, features, determinism, boxes."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from overfeat_tf.data import tfds_io
 from overfeat_tf.data.shapes import SHAPE_CLASSES, SPLIT_IDS, OverfeatShapesConfig, render_example
 
 SMALL_SIZES = {"train": 48, "validation": 16, "test": 16}
@@ -168,3 +171,16 @@ def test_render_rejects_bad_arguments(kwargs):
 def test_config_rejects_negative_values(field):
     with pytest.raises(ValueError, match=field):
         OverfeatShapesConfig(name="bad", **{field: -1})
+
+
+def test_first_build_logs_no_missing_dataset_info_note(tmp_path, caplog):
+    absl_logger = logging.getLogger("absl")
+    filters = list(absl_logger.filters)
+    with caplog.at_level(logging.INFO):
+        builder = tfds_io.load_builder("overfeat_shapes/small", tmp_path)
+    assert builder.info.splits["train"].num_examples == SMALL_SIZES["train"]
+    assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()]
+    assert absl_logger.filters == filters  # the note is dropped only while preparing
+    with caplog.at_level(logging.WARNING):
+        absl_logger.warning("Variant folder x has no dataset_info.json")
+    assert "has no dataset_info.json" in caplog.records[-1].getMessage()

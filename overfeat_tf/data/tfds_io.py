@@ -19,7 +19,10 @@ means their images folder (COCO, VOC), not TFDS' data directory.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +151,10 @@ def load_builder(
             raise
     _register_generated_datasets()
     data_dir = str(default_data_dir(data_dir))
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
+    with _without_tfds_message(_PREPARING_NOTE):
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if prepared:
         return builder
     if not download:
         raise ValueError(
@@ -159,10 +164,37 @@ def load_builder(
     manual = Path(manual_dir) if manual_dir else Path(data_dir) / "downloads" / "manual"
     if _base_name(name) == IMAGENET:
         check_imagenet_manual_files(manual, splits)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
+    with _without_tfds_message(_PREPARING_NOTE):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
     return builder
+
+
+# What TFDS logs (absl, WARNING) on every first build: the folder it is about to fill has no
+# dataset_info.json yet. It reads like a fault to a new user and is none.
+_PREPARING_NOTE = "has no dataset_info.json"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tfds_message(text: str) -> Iterator[None]:
+    """Drop TFDS' (absl's) log records containing `text` while the block runs; every other
+    record, and everything after the block, passes as before."""
+    logger, drop = logging.getLogger("absl"), _DropMessage(text)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def class_names(builder: tfds.core.DatasetBuilder | files.FileDataset) -> list[str]:

@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import tensorflow as tf
 
 from overfeat_tf.architecture.config import ACCURATE, ACCURATE_SCALES, ModelConfig
+from overfeat_tf.data import image_io
 from overfeat_tf.ops import boxes as box_ops
 from overfeat_tf.ops.merge import DEFAULT_MAX_OUTPUT, MERGE_THRESHOLD, merge_boxes
 
@@ -442,7 +443,7 @@ def comparison_sets(trained: str | None = None) -> dict[str, tuple[tf.Tensor, ..
     from overfeat_tf.ops.pyramid import default_scales
 
     sets = {"clustered (`clustered_boxes`)": clustered_boxes()}
-    image = tf.cast(tf.io.decode_jpeg(test_jpeg(), channels=3), tf.float32)
+    image = tf.cast(image_io.decode_image(test_jpeg()), tf.float32)
     kind = {"regressor": "class_specific", "background": True}
     for arch in ("tiny", "fast"):
         net = _net(arch, num_classes=SERVE_CLASSES, **kind)
@@ -452,7 +453,7 @@ def comparison_sets(trained: str | None = None) -> dict[str, tuple[tf.Tensor, ..
         ]
     if trained and os.path.exists(trained):
         detector = as_detector(load_model(trained))
-        photo = tf.cast(tf.io.decode_jpeg(_photo_jpeg()[0], channels=3), tf.float32)
+        photo = tf.cast(image_io.decode_image(_photo_jpeg()[0]), tf.float32)
         sets["tiny, trained, chelsea"] = detector.dense_boxes(detector.levels(photo))[:3]
     return sets
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import suite_serving
 from benchmarks.bench_serving import test_jpeg
-from benchmarks.bench_suite import Settings, _med, _net
+from benchmarks.bench_suite import Settings, _med
 from benchmarks.common import machine
 from overfeat_tf.models.backbone import load_model
 from overfeat_tf.models.detector import OverFeatDetector, as_detector
@@ -35,12 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(repeats=args.repeats)
     clustered = suite_serving._clustered_boxes(OverFeatDetector.default_options()["max_boxes"])
     photo, photo_name = suite_serving._photo_jpeg()
-    net = _net("tiny", num_classes=suite_serving.SERVE_CLASSES, regressor="class_specific",
-               background=True)  # fmt: skip
     cases = {
         f"trained ({args.model}), {photo_name}": (as_detector(load_model(args.model)), photo),
         "random weights, the 320x400 test JPEG": (
-            OverFeatDetector(net, scales=s.scales("tiny")),
+            suite_serving.random_detector("tiny", s),
             test_jpeg(),
         ),
     }

@@ -48,7 +48,7 @@ from overfeat_tf.data import image_io
 from overfeat_tf.export import serving
 from overfeat_tf.models.backbone import OverFeat
 from overfeat_tf.models.detector import OverFeatDetector
-from overfeat_tf.ops.pyramid import default_scales, parse_scales
+from overfeat_tf.ops.pyramid import parse_scales
 
 IMAGE_SIZE = (320, 400)
 NUM_CLASSES = 20
@@ -94,8 +94,9 @@ def _interleaved(
     return wall, cpu
 
 
-def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[str, Any]:
-    """Times of one architecture (random he_normal weights, 20 classes + background)."""
+def random_detector(architecture: str, scales: tuple | None) -> OverFeatDetector:
+    """The served net of these benchmarks: random he_normal weights, 20 classes +
+    background, a class-specific regressor, the detector's default options but `scales`."""
     model = OverFeat(
         architecture,
         num_classes=NUM_CLASSES,
@@ -103,10 +104,15 @@ def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[s
         background=True,
         kernel_initializer="he_normal",
     )
-    detector = OverFeatDetector(model, scales=scales)
+    return OverFeatDetector(model, scales=scales)
+
+
+def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[str, Any]:
+    """Times of one architecture (random he_normal weights, 20 classes + background)."""
+    detector = random_detector(architecture, scales)
     options = serving.ExportOptions()
     jpeg = test_jpeg()
-    image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
+    image = tf.cast(image_io.decode_image(jpeg), tf.float32)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -154,7 +160,7 @@ def bench_model(architecture: str, scales: tuple | None, repeats: int) -> dict[s
     return {
         "model": architecture,
         "image": f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG",
-        "scales": list(scales or default_scales(model.config)),
+        "scales": list(detector.resolved_scales),
         "flips": detector.flips,
         "stride": detector.stride,
         "boxes_into_merge": num_boxes,
@@ -254,14 +260,7 @@ MIXED_SIZES += ((400, 320), (320, 400))
 
 def bench_batched(architecture: str, scales: tuple | None, repeats: int) -> dict[str, Any]:
     """Batched vs one-by-one requests of one architecture (random he_normal weights)."""
-    model = OverFeat(
-        architecture,
-        num_classes=NUM_CLASSES,
-        regressor="class_specific",
-        background=True,
-        kernel_initializer="he_normal",
-    )
-    detector = OverFeatDetector(model, scales=scales)
+    detector = random_detector(architecture, scales)
     options = serving.ExportOptions()
     same_size = [test_jpeg(IMAGE_SIZE, seed) for seed in range(max(BATCH_SIZES))]
     mixed = [test_jpeg(size, 100 + i) for i, size in enumerate(MIXED_SIZES)]
@@ -324,7 +323,7 @@ def bench_batched(architecture: str, scales: tuple | None, repeats: int) -> dict
         )
     return {
         "model": architecture,
-        "scales": list(scales or default_scales(model.config)),
+        "scales": list(detector.resolved_scales),
         "flips": detector.flips,
         "max_batch": options.max_batch,
         "repeats": repeats,

@@ -42,6 +42,7 @@ from benchmarks.bench_suite import (
     mmm,
     verdict,
 )
+from overfeat_tf.data import image_io
 from overfeat_tf.export import serving
 from overfeat_tf.models.backbone import load_model
 from overfeat_tf.models.detector import OverFeatDetector, as_detector
@@ -87,6 +88,13 @@ def _photo_jpeg() -> tuple[bytes, str]:
     return jpeg, f"scikit-image's chelsea photo ({image.shape[1]}x{image.shape[0]} JPEG)"
 
 
+def random_detector(arch: str, s: Settings) -> OverFeatDetector:
+    """The suite's served net: random he_normal weights (seeded), `SERVE_CLASSES` classes +
+    background, a class-specific regressor, the net's default scales (`Settings.scales`)."""
+    net = _net(arch, num_classes=SERVE_CLASSES, regressor="class_specific", background=True)
+    return OverFeatDetector(net, scales=s.scales(arch))
+
+
 def _serve_case(
     detector: OverFeatDetector, jpeg: bytes, s: Settings, tmp: Path, clustered: tuple
 ) -> dict[str, Any]:
@@ -94,7 +102,7 @@ def _serve_case(
     ("served") and `classify` signatures, the forward pass, its decoder alone (a SavedModel)
     on the forward pass's boxes and on `clustered`."""
     name = f"case{len(list(tmp.iterdir()))}"
-    image = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
+    image = tf.cast(image_io.decode_image(jpeg), tf.float32)
     export = serving.export_model(detector, tmp / name)
     loaded = tf.saved_model.load(str(export))
     served, classify = loaded.signatures["serving_default"], loaded.signatures["classify"]
@@ -272,9 +280,7 @@ scales x 2 flips, top-5 classes, 3 objects + scattered windows, the most confide
             cases.insert(1, ("tiny, trained", trained))
         for label, path in cases:
             if path is None:
-                kind = {"regressor": "class_specific", "background": True}
-                net = _net(label, num_classes=SERVE_CLASSES, **kind)
-                detector, jpeg = OverFeatDetector(net, scales=s.scales(label)), test_jpeg()
+                detector, jpeg = random_detector(label, s), test_jpeg()
             else:
                 detector, jpeg = as_detector(load_model(path)), photo
             r = _serve_case(detector, jpeg, s, tmp, clustered)

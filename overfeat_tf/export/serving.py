@@ -527,11 +527,8 @@ def build_export(
 
         return _run_chunks(count, order, starts, load, lambda x, c: detect(x, c, request), single)
 
-    def own_options(count: tf.Tensor) -> dict[str, tf.Tensor]:
-        return detector.request_options(count)
-
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return detect_encoded(images, own_options(tf.shape(images)[0]))
+        return detect_encoded(images, detector.request_options(tf.shape(images)[0]))
 
     def detect_with_options(
         images: tf.Tensor,
@@ -555,7 +552,7 @@ def build_export(
         height, width = (tf.where(shape[0] > 0, shape[i], 1) for i in (1, 2))
         images = image_io.after(images, *image_io.size_checks(height, width, max_pixels))
         count = tf.shape(images)[0]
-        request = own_options(count)
+        request = detector.request_options(count)
         with tf.device("/CPU:0"):
             sizes = tf.tile(shape[tf.newaxis, 1:3], [count, 1])
             order, starts = batch_plan(sizes, max_batch, max_pixels)

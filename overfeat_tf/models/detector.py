@@ -650,9 +650,11 @@ class OverFeatDetector(keras.Model):
                 merge_threshold=options["merge_threshold"][index],
                 max_detections=options["max_detections"][index],
             )
+            by_k = {None: dense}  # the windows of each top_k, computed once
             for name, (decoder, k) in passes.items():
-                boxes = dense if k is None else self.dense_boxes(own, k, threshold)
-                found = self.decode(*boxes, size, decoder=decoder)
+                if k not in by_k:
+                    by_k[k] = self.dense_boxes(own, k, threshold)
+                found = self.decode(*by_k[k], size, decoder=decoder)
                 out.update({f"{name}/{key}": value for key, value in found.items()})
             if extras:
                 out["class_scores"] = dense[3]

@@ -320,6 +320,31 @@ def test_training_dataset_cache_and_eval_modes():
     np.testing.assert_allclose(first, data.eval_crop(image, 64, 72).numpy(), atol=1e-3)
 
 
+def test_cached_training_crops_are_float_windows_of_the_rescaled_image():
+    # The cached pipeline cuts and flips the uint8 image and casts each batch at once: every
+    # crop is float32 and equals a window of the rescaled image, mirrored or not.
+    example = next(iter(encoded_examples(1)))
+    rescaled = data.rescale_short_side(image_io.to_rgb(example["image"]), 72)
+    rescaled = tf.cast(tf.round(rescaled), tf.uint8).numpy().astype(np.float32)
+    one = tf.data.Dataset.from_tensors(example)
+    cached = data.training_dataset(one, "train", 64, 4, short_side=72, cache=True)
+    height, width = rescaled.shape[:2]
+    windows = [
+        rescaled[y : y + 64, x : x + 64]
+        for y in range(height - 63)
+        for x in range(width - 63)
+    ]
+    flips = 0
+    for images, _ in cached.take(3):
+        assert images.dtype == tf.float32
+        for crop in images.numpy():
+            plain = any(np.array_equal(crop, w) for w in windows)
+            mirrored = any(np.array_equal(crop[:, ::-1], w) for w in windows)
+            assert plain or mirrored
+            flips += int(mirrored and not plain)
+    assert 0 < flips < 12
+
+
 def test_training_dataset_on_detection_schema():
     rng = np.random.default_rng(0)
     images = [tf.io.encode_png(toy_image(i, rng)[0]).numpy() for i in range(4)]

@@ -304,8 +304,9 @@ def _crops(
     cache: bool,
     seed: int,
 ) -> tf.data.Dataset:
-    """(image, label) -> (crop float32 `[S, S, 3]`, label int32): random crop and flip, one
-    seed per example (`training`), else the central crop. `cache`: images already rescaled."""
+    """(image, label) -> (crop `[S, S, 3]`, label int32): random crop and flip, one seed per
+    example (`training`), else the central crop. `cache`: images already rescaled, uint8, and
+    the training crops stay uint8 (the batch is cast to float32 at once, `_float_images`)."""
     if not training:
 
         def central(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -316,13 +317,17 @@ def _crops(
 
     def augment(example: tuple[tf.Tensor, tf.Tensor], seed_: tf.Tensor) -> tuple:
         image, label = example
-        if cache:  # already rescaled (uint8)
-            image = crop_and_flip(tf.cast(image, tf.float32), crop_size, seed_)
+        if cache:  # already rescaled (uint8): cut and flip the uint8 crop, cast per batch
+            image = crop_and_flip(image, crop_size, seed_)
         else:
             image = train_crop(image, crop_size, seed_, short_side)
         return image, tf.cast(label, tf.int32)
 
     return tf.data.Dataset.zip((dataset, seeds)).map(augment, num_parallel_calls=AUTOTUNE)
+
+
+def _float_images(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(images, tf.float32), labels
 
 
 def training_dataset(
@@ -397,4 +402,6 @@ def training_dataset(
         dataset = dataset.repeat()
     dataset = _crops(dataset, crop_size, short_side, training, cache, seed)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if training and cache:  # one cast per batch: half the input's CPU time (BENCHMARKS.md)
+        dataset = dataset.map(_float_images, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

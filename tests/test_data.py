@@ -330,9 +330,7 @@ def test_cached_training_crops_are_float_windows_of_the_rescaled_image():
     cached = data.training_dataset(one, "train", 64, 4, short_side=72, cache=True)
     height, width = rescaled.shape[:2]
     windows = [
-        rescaled[y : y + 64, x : x + 64]
-        for y in range(height - 63)
-        for x in range(width - 63)
+        rescaled[y : y + 64, x : x + 64] for y in range(height - 63) for x in range(width - 63)
     ]
     flips = 0
     for images, _ in cached.take(3):

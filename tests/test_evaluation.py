@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from overfeat_tf.evaluation import classification as evaluation
 from overfeat_tf.models import inference
 from overfeat_tf.models.backbone import OverFeat
 from overfeat_tf.ops import pyramid
+from overfeat_tf.utils import progress
 from tests.test_data import TOY_CLASSES, TOY_NAME, TOY_SPLITS, toy_data_dir  # noqa: F401
 
 SCALES = (231, 247, 263, 279, 295, 311)  # six small scales: quick, same row logic
@@ -95,6 +98,41 @@ def test_evaluate_counts_top1_and_top5_errors(model, toy_data_dir):  # noqa: F81
     assert (
         table.count("\n") == 1 + len(result["rows"]) and "| scale 1, fine stride, flips |" in table
     )
+
+
+def test_progress_outside_a_terminal_is_a_few_plain_lines(model, toy_data_dir, capsys):  # noqa: F811
+    # stdout captured (not a terminal): no Keras bar redraws, a line per tenth of the images.
+    total = TOY_SPLITS["test"]
+    evaluation.evaluate(
+        model,
+        TOY_NAME,
+        "test",
+        str(toy_data_dir),
+        scales=SCALES[:1],
+        progress=True,
+        max_examples=total,
+    )
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.endswith(("images", "ms/image"))]
+    assert lines[-1].startswith(f"  {total}/{total} images, ") and lines[-1].endswith(" ms/image")
+    assert len(lines) <= min(total, progress.LINES)
+    assert "\r" not in captured.out and "\x1b" not in captured.out and "━" not in captured.out
+    assert "the first one traces and compiles" in captured.err
+
+    lines_of = progress.LineProgress(500, "images", io.StringIO())
+    for count in range(1, 501):
+        lines_of.update(count)
+    printed = lines_of.stream.getvalue().splitlines()
+    assert [line.split()[0] for line in printed] == [f"{n}/500" for n in range(50, 501, 50)]
+    unknown = progress.LineProgress(None, "images", io.StringIO())
+    for count in range(1, 1001):
+        unknown.update(count)
+    assert [line.split()[0] for line in unknown.stream.getvalue().splitlines()] == [
+        "1",
+        "10",
+        "100",
+        "1000",
+    ]
 
 
 def test_evaluate_skips_corrupt_records_and_rejects_foreign_labels(model):

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-LINES = 10  # lines a non-terminal run prints over the whole loop (and one at the end)
+LINES = 10  # lines a non-terminal run prints over a loop of known length (the last at its end)
 
 
 class LineProgress:

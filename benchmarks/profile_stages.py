@@ -20,6 +20,7 @@ Markdown table (BENCHMARKS.md, "Main job: where the time went").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -31,8 +32,9 @@ import keras
 import tensorflow as tf
 
 from benchmarks.common import machine
+from overfeat_tf import main_job
 from overfeat_tf.data import inputs as data
-from overfeat_tf.main_job import STAGES, TINY_RECIPE
+from overfeat_tf.main_job import STAGES, MainJob
 from overfeat_tf.training import precision
 from overfeat_tf.training import run as training
 
@@ -40,16 +42,12 @@ INIT = {"classify": None, "detect": "classify", "localize": "detect"}  # the sta
 
 
 def stage_config(stage: str, run: Path, output: Path, epochs: int) -> training.TrainConfig:
+    """The job's own config of `stage` (`main_job.stage_config`), run for `epochs` into
+    `output`, starting from the model `run`'s previous stage saved."""
     init = INIT[stage]
-    return training.TrainConfig(
-        model="tiny",
-        task=stage,
-        dataset="overfeat_shapes/standard",
-        init_model=str(run / init / "model.keras") if init else None,
-        output=str(output / stage),
-        verbose=0,
-        **{**TINY_RECIPE[stage], "epochs": epochs},
-    )
+    job = MainJob(model="tiny", output=str(output), verbose=0)
+    config = main_job.stage_config(job, stage, str(run / init / "model.keras") if init else None)
+    return dataclasses.replace(config, epochs=epochs)
 
 
 def pipeline_alone(config: training.TrainConfig, steps: int, batches: int) -> tuple[dict, tuple]:

@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -55,7 +54,7 @@ from overfeat_tf.training.recipe import (
     compile_task_model,
     initial_model,
 )
-from overfeat_tf.utils import atomic
+from overfeat_tf.utils import atomic, progress
 from overfeat_tf.utils.atomic import atomic_path
 
 __all__ = [  # the run, and what train.py, the benchmarks and tests use as `training.X`
@@ -289,12 +288,13 @@ def _fit(
 
 
 def fit_verbosity(verbose: str | int) -> int:
-    """Keras' `fit` verbosity for `TrainConfig.verbose`: "auto" is a progress bar (1) when
-    stdout is a terminal and one line per epoch (2) otherwise, so a log file gets no
-    progress-bar redraws (Keras' own "auto" draws them into files too)."""
+    """Keras' `fit` verbosity for `TrainConfig.verbose`: "auto" is a progress bar (1) in a
+    terminal or a notebook (`utils.progress.interactive`) and one line per epoch (2)
+    otherwise, so a log file gets no progress-bar redraws (Keras' own "auto" draws them into
+    files too)."""
     if verbose != "auto":
         return int(verbose)
-    return 1 if sys.stdout.isatty() else 2
+    return 1 if progress.interactive() else 2
 
 
 def _summary(

@@ -31,11 +31,9 @@ class LineProgress:
         self.target = target or None
         self.unit = unit
         self.stream = stream
-        self._next = self._step()
+        self._every = max(1, -(-self.target // LINES)) if self.target else None
+        self._next = self._every or 1
         self._first: tuple[int, float] | None = None
-
-    def _step(self) -> int:
-        return max(1, -(-self.target // LINES)) if self.target else 1
 
     def update(self, count: int) -> None:
         now = time.monotonic()
@@ -44,8 +42,8 @@ class LineProgress:
         last = self.target is not None and count >= self.target
         if count < self._next and not last:
             return
-        if self.target:
-            self._next = (count // self._step() + 1) * self._step()
+        if self._every:
+            self._next = (count // self._every + 1) * self._every
         else:
             self._next = count * 10
         done, since = self._first
@@ -55,7 +53,10 @@ class LineProgress:
         print(f"  {count}{total} {self.unit}{speed}", file=self.stream or sys.stdout, flush=True)
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
+    """Whether stdout can show a redrawn progress bar: a terminal, or a notebook (Keras'
+    bars render there); not a log file or a pipe. Training's `fit` verbosity ("auto") and the
+    evaluations' progress both ask this."""
     return sys.stdout.isatty() or "ipykernel" in sys.modules
 
 
@@ -77,6 +78,6 @@ def progress_bar(dataset: Any, max_examples: int | None, unit: str) -> Any:
         file=sys.stderr,
         flush=True,
     )
-    if _interactive():
+    if interactive():
         return keras.utils.Progbar(target, unit_name=unit.rstrip("s"))
     return LineProgress(target, unit)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -215,6 +216,9 @@ def test_auto_verbosity_is_a_progress_bar_only_in_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stdout", Terminal())
     assert training.fit_verbosity("auto") == 1
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # a log file, a pipe
+    assert training.fit_verbosity("auto") == 2
+    # ipykernel imported (by another test, a library) is not a notebook: still a log file
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     assert training.fit_verbosity("auto") == 2
     assert training.fit_verbosity(0) == 0 and training.fit_verbosity(1) == 1
 

@@ -56,8 +56,13 @@ class LineProgress:
 def interactive() -> bool:
     """Whether stdout can show a redrawn progress bar: a terminal, or a notebook (Keras'
     bars render there); not a log file or a pipe. Training's `fit` verbosity ("auto") and the
-    evaluations' progress both ask this."""
-    return sys.stdout.isatty() or "ipykernel" in sys.modules
+    evaluations' progress both ask this. A notebook is a running IPython kernel, not an
+    imported `ipykernel` module (a test run or a library may import it)."""
+    if sys.stdout.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def progress_bar(dataset: Any, max_examples: int | None, unit: str) -> Any:
